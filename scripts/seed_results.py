@@ -1,0 +1,123 @@
+"""Train and test the shipped configs through the CLI, and write their test numbers with timings.
+
+    python scripts/seed_results.py --output docs/results/seed_variants.json
+    python scripts/seed_results.py --runs vanilla-b128-e10 --output docs/results/reference.json
+
+Each run is `vae-lightning fit --config configs/<variant>.yaml [overrides]` then
+`vae-lightning test ... --ckpt_path <its last.ckpt>`, in subprocesses, exactly as a user runs them.
+Prints a Markdown table; writes one JSON record per run (metrics, settings, seconds, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (variant config, extra CLI arguments)
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "vanilla": ("vanilla", []),
+    "two_latent": ("two_latent", []),
+    "cnn": ("cnn", []),
+    "no_kld": ("no_kld", []),
+    "no_recon": ("no_recon", []),
+    # pytorch/examples' vae/main.py setting: 10 epochs at batch 128 (its test loss: about 105.6 nats)
+    "vanilla-b128-e10": ("vanilla", ["--trainer.max_epochs", "10", "--data.batch_size", "128"]),
+}
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{model}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
+
+
+def run(command: list[str], log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+    return time.perf_counter() - start
+
+
+def last_metrics(version_dir: Path) -> dict[str, float]:
+    rows = list(csv.DictReader(open(version_dir / "metrics.csv")))
+    merged: dict[str, float] = {}
+    for row in rows:
+        merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=list(RUNS)[:5], choices=list(RUNS))
+    parser.add_argument("--output", type=Path, required=True, help="JSON file for the records")
+    parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "seed_results")
+    args = parser.parse_args()
+    cli = [str(Path(sys.executable).parent / "vae-lightning")]
+    records = []
+    for name in args.runs:
+        variant, extra = RUNS[name]
+        save_dir = args.workdir / name
+        common = ["--config", f"configs/{variant}.yaml", *extra, "--trainer.enable_progress_bar", "false",
+                  "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name]  # fmt: skip
+        save_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[{name}] fit ...", flush=True)
+        fit_seconds = run([*cli, "fit", *common], save_dir / "fit.log")
+        fit_dir = max((save_dir / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        config = (fit_dir / "config.yaml").read_text()
+        print(f"[{name}] fit {fit_seconds:.0f} s; test ...", flush=True)
+        test_seconds = run([*cli, "test", *common, "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt")],
+                           save_dir / "test.log")  # fmt: skip
+        test_dir = max((save_dir / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        metrics = {k: v for k, v in last_metrics(test_dir).items() if k.startswith("test/")}
+        resolved = yaml.safe_load(config)
+        record = {
+            "name": name,
+            "command": f"vae-lightning fit --config configs/{variant}.yaml {' '.join(extra)}".strip(),
+            "epochs": resolved["trainer"]["max_epochs"],
+            "batch_size": resolved["data"]["batch_size"],
+            "binarize": resolved["data"]["binarize"],
+            "nll_samples": resolved["model"]["nll_samples"],
+            "val_nelbo_last": last_metrics(fit_dir).get("val/nelbo"),
+            **metrics,
+            "fit_seconds": round(fit_seconds, 1),
+            "test_seconds": round(test_seconds, 1),
+            "machine": machine(),
+            "date": datetime.date.today().isoformat(),
+        }
+        records.append(record)
+        print(json.dumps(record), flush=True)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(records, indent=1) + "\n")
+
+    print("\n| run | data | epochs | batch | test nelbo | test nll (k) | fit s | test s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in records:
+        print(f"| {r['name']} | {r['binarize']} | {r['epochs']} | {r['batch_size']} | {r['test/nelbo']:.2f} | "
+              f"{r['test/nll']:.2f} ({r['nll_samples']}) | {r['fit_seconds']:.0f} | {r['test_seconds']:.0f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny IDX files written here (independently of the package), the real MNIST set,
+and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_RAW = REPO.parent / "shared" / "data" / "MNIST" / "raw"
+CONFIGS = REPO / "configs"
+VARIANTS = ("vanilla", "two_latent", "cnn", "no_kld", "no_recon")
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """IDX as LeCun describes it: 0x00 0x00, type 0x08 (ubyte), ndim, big-endian int32 dims, bytes."""
+    array = array.to(torch.uint8).contiguous()
+    header = bytes([0, 0, 0x08, array.dim()]) + struct.pack(f">{array.dim()}i", *array.shape)
+    path.write_bytes(header + array.numpy().tobytes())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def digit_images(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Images a VAE can learn: a bright 8x8 square whose place depends on the label, plus noise,
+    and a unique code in the first row (so every image is distinct and traceable)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = (torch.rand(len(labels), 28, 28, generator=generator) * 40).to(torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        row, col = 2 + 6 * (label // 4), 2 + 6 * (label % 4)
+        images[i, row : row + 8, col : col + 8] = 230
+        images[i, 0, :16] = torch.tensor([(i >> bit) & 1 for bit in range(16)], dtype=torch.uint8) * 255
+    return images
+
+
+def make_tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100) -> dict[str, str]:
+    """Write four tiny IDX files under root/MNIST/raw; return their checksums by name."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    train_labels = torch.arange(n_train) % 10
+    test_labels = torch.arange(n_test) % 10
+    write_idx(raw / "train-images-idx3-ubyte", digit_images(train_labels, seed=1))
+    write_idx(raw / "train-labels-idx1-ubyte", train_labels)
+    write_idx(raw / "t10k-images-idx3-ubyte", digit_images(test_labels, seed=2))
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_labels)
+    return {p.name: sha256(p) for p in raw.iterdir()}
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """(data_dir, checksums) of a fresh tiny MNIST-format set: 300 train, 100 test images."""
+    data_dir = tmp_path / "data"
+    return data_dir, make_tiny_mnist(data_dir)
+
+
+@pytest.fixture
+def tiny_config(tiny_mnist, tmp_path: Path) -> Path:
+    """A config piece pointing the CLI at the tiny set, composed after a variant config."""
+    data_dir, checksums = tiny_mnist
+    piece = {
+        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "logs")}},
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"nll_samples": 8},
+        "data": {"data_dir": str(data_dir), "checksums": checksums, "val_size": 50, "batch_size": 50,
+                 "eval_batch_size": 40, "download": False},
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(piece))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory) -> Path:
+    """A data_dir with the real MNIST files (from ../shared), decompressed and verified once."""
+    from vae_lightning.data.files import ensure_mnist
+
+    if not SHARED_RAW.is_dir():
+        pytest.fail(f"the real MNIST files are expected in {SHARED_RAW} (CI provides ../shared)")
+    data_dir = tmp_path_factory.mktemp("real_mnist")
+    raw = data_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in SHARED_RAW.glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+    ensure_mnist(data_dir, download=False)
+    return data_dir
+
+
+def gzip_file(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, gzip.open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch):
+    """Run the real CLI in-process in a scratch working directory; return the LightningCLI."""
+    from vae_lightning.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vae-lightning"])  # pytest's own arguments are not ours
+    monkeypatch.setenv("VAE_LIGHTNING_DATA_DIR", str(tmp_path / "default-data-dir"))
+    return lambda *args, run=True: cli(list(map(os.fspath, args)), run=run)

@@ -1,0 +1,159 @@
+"""The real CLI, in-process: help, printed configs, fast runs of every variant, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import CONFIGS, REPO, VARIANTS
+
+from vae_lightning import VAELitModule
+
+
+def printed_config(run_cli, capsys, *configs, extra=()) -> dict:
+    args = ["fit"] + [a for c in configs for a in ("--config", c)] + list(extra) + ["--print_config"]
+    with pytest.raises(SystemExit) as done:
+        run_cli(*args)
+    assert done.value.code in (None, 0)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def error_of(run_cli, capsys, *args) -> str:
+    with pytest.raises(SystemExit) as done:
+        run_cli(*args)
+    assert done.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("subcommand", [None, "fit", "validate", "test", "predict"])
+def test_help(run_cli, capsys, subcommand):
+    with pytest.raises(SystemExit) as done:
+        run_cli(*([subcommand] if subcommand else []), "--help")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert ("fit" in out and "predict" in out) if subcommand is None else "--model.latent_dim" in out
+    if subcommand == "fit":  # docstrings become help text
+        assert "global training batch size" in out and "importance samples per test image" in out
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "vae_lightning"], [Path(sys.executable).parent / "vae-lightning"]])
+def test_python_dash_m_and_the_console_script_run_the_cli(command):
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "{fit,validate,test,predict}" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_config_prints_the_seed_setting(run_cli, capsys, variant):
+    config = printed_config(run_cli, capsys, CONFIGS / f"{variant}.yaml")
+    model, data = config["model"], config["data"]
+    expected_latent = {"vanilla": 20, "cnn": 20}.get(variant, 2)
+    assert model["latent_dim"] == expected_latent
+    assert (model["recon_weight"], model["kl_weight"]) == {"no_kld": (1.0, 0.0), "no_recon": (0.0, 1.0)}.get(
+        variant, (1.0, 1.0)
+    )
+    assert model["encoder"]["class_path"].endswith("ConvEncoder" if variant == "cnn" else "MLPEncoder")
+    assert model["optimizer"]["class_path"] == "torch.optim.Adam" and model["optimizer"]["init_args"]["lr"] == 0.001
+    assert data["batch_size"] == 100 and data["binarize"] == "none"
+    assert config["checkpoint"]["monitor"] == "val/nelbo" and config["last_checkpoint"]["filename"] == "last"
+
+
+def test_trainer_and_logger_pieces_compose(run_cli, capsys):
+    config = printed_config(run_cli, capsys, CONFIGS / "two_latent.yaml", CONFIGS / "trainer/cpu.yaml",
+                            CONFIGS / "logger/csv.yaml")  # fmt: skip
+    assert config["trainer"]["accelerator"] == "cpu"
+    assert config["trainer"]["logger"]["init_args"]["name"] == "two_latent"  # the variant's name survives
+    assert config["model"]["latent_dim"] == 2
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "cnn"])
+def test_latent_dim_is_given_once_and_linked_into_both_networks(run_cli, variant):
+    model = run_cli("--config", CONFIGS / f"{variant}.yaml", "--model.latent_dim", "7", run=False).model
+    mu, logvar = model.encode(torch.rand(3, 1, 28, 28))
+    assert mu.shape == logvar.shape == (3, 7) and model.decode(mu).shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_dev_run_of_each_variant(run_cli, tiny_config, variant):
+    cli = run_cli("fit", "--config", CONFIGS / f"{variant}.yaml", "--config", tiny_config,
+                  "--trainer.fast_dev_run", "true")  # fmt: skip
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert "val/nelbo" in cli.trainer.callback_metrics
+
+
+def test_fit_writes_last_and_best_then_test_predict_and_reload_work(run_cli, tiny_config, tmp_path):
+    fit = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "3")
+    folder = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[-1] == "last.ckpt" and len(names) == 2 and names[0].startswith("best-epoch")
+    assert fit.trainer.checkpoint_callback.best_model_path.endswith(names[0])
+    last = folder / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 2  # the final state, whatever the best
+
+    test = run_cli("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--ckpt_path", last)
+    metrics = test.trainer.callback_metrics
+    assert set(metrics) >= {"test/loss", "test/recon", "test/kl", "test/nelbo", "test/nll"}
+    assert metrics["test/nll"] < metrics["test/nelbo"]
+
+    model = VAELitModule.load_from_checkpoint(last, weights_only=True)  # no YAML needed
+    assert model.latent_dim == 2 and type(model.encoder).__name__ == "MLPEncoder"
+    trained = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.items())
+
+    predict = run_cli("predict", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--ckpt_path", last)
+    path = predict.trainer.callbacks[[type(c).__name__ for c in predict.trainer.callbacks].index("LatentWriter")]
+    latents = torch.load(path.last_path, weights_only=True)
+    assert latents["mu"].shape == latents["logvar"].shape == (100, 2)
+    assert torch.equal(latents["index"], torch.arange(100)) and torch.equal(latents["label"], torch.arange(100) % 10)
+    model.eval()
+    images = predict.datamodule.splits["test"][0][:5].float().div(255).unsqueeze(1)
+    torch.testing.assert_close(latents["mu"][:5], model.encode(images)[0].detach())
+
+
+def test_last_ckpt_holds_the_final_epoch_even_when_the_best_is_earlier(run_cli, tiny_config, tmp_path):
+    # mode "max" makes the "best" the worst validation: the first epoch, since training lowers val/nelbo
+    fit = run_cli("fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.max_epochs", "3",
+                  "--checkpoint.mode", "max")  # fmt: skip
+    folder = tmp_path / "logs" / "vanilla" / "version_0" / "checkpoints"
+    best = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    final = fit.model.state_dict()
+    assert all(torch.equal(value, final[key]) for key, value in last["state_dict"].items())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.batch_size", "0"], "data.batch_size must be a positive integer"),
+        (["--data.val_size", "-1"], "data.val_size must be a positive integer"),
+        (["--model.latent_dim", "0"], "latent_dim must be a positive integer"),
+        (["--model.kl_weight", "-0.5"], "model.kl_weight must be a finite number >= 0"),
+        (["--model.recon_weight", "0", "--model.kl_weight", "0"], "recon_weight and model.kl_weight are both 0"),
+        (["--model.encoder", "vae_lightning.nets.NoSuchEncoder"], "model.encoder"),
+        (["--model.decoder", "test_nets.SmallImages"], "model.decoder (SmallImages) must return logits of shape"),
+        (["--model.encoder", "test_nets.MeanOnly"], "model.encoder (MeanOnly) must return (mu, logvar)"),
+        (["--data.binarize", "maybe"], "data.binarize"),
+    ],
+)
+def test_bad_input_is_refused_before_training_with_the_field_named(run_cli, capsys, tiny_config, args, expected):
+    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, *args)
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
+                   "--data.data_dir", tmp_path / "a-file")  # fmt: skip
+    assert "data.data_dir=" in err and "is a file, not a folder" in err
+
+
+def test_an_unwritable_data_dir_is_refused_when_files_are_needed(run_cli, capsys, tiny_config):
+    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
+                   "--data.data_dir", "/sys/vae-lightning-test", "--data.download", "true")  # fmt: skip
+    assert "data.data_dir='/sys/vae-lightning-test' is not writable" in err

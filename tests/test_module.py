@@ -1,0 +1,132 @@
+"""VAELitModule: objective, metrics, public API, checkpoints, refusal of bad settings."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
+from vae_lightning.errors import ConfigError
+from vae_lightning.objectives import bernoulli_nll, gaussian_kl
+
+
+def model(latent_dim=2, **kwargs) -> VAELitModule:
+    torch.manual_seed(0)
+    return VAELitModule(MLPEncoder(latent_dim, [64]), MLPDecoder(latent_dim, [64]), latent_dim=latent_dim, **kwargs)
+
+
+def datamodule(tiny_mnist, **kwargs) -> MNISTDataModule:
+    data_dir, checksums = tiny_mnist
+    kwargs = {"val_size": 50, "batch_size": 25, "eval_batch_size": 40, "download": False, **kwargs}
+    return MNISTDataModule(data_dir=str(data_dir), checksums=checksums, **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> Trainer:
+    kwargs = {"accelerator": "cpu", "devices": 1, "logger": CSVLogger(tmp_path), "enable_progress_bar": False,
+              "enable_model_summary": False, "enable_checkpointing": False, **kwargs}  # fmt: skip
+    return Trainer(**kwargs)
+
+
+def test_public_methods_have_the_documented_shapes_and_ranges():
+    m = model(latent_dim=3)
+    x = torch.rand(4, 1, 28, 28)
+    mu, logvar = m.encode(x)
+    assert mu.shape == logvar.shape == (4, 3)
+    for images in (m.decode(mu), m.reconstruct(x), m.sample(6)):
+        assert images.shape[1:] == (1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert m.sample(6).shape[0] == 6
+    assert torch.equal(m.reconstruct(x), m.decode(mu))
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(m.sample(2, generator=generator), m.sample(2, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize(("recon_weight", "kl_weight", "pure"), [(0.0, 1.0, "kl"), (1.0, 0.0, "recon"), (2.0, 0.5, None)])
+def test_weights_scale_the_terms_and_zero_leaves_the_pure_term(recon_weight, kl_weight, pure):
+    m = model(recon_weight=recon_weight, kl_weight=kl_weight)
+    x = torch.rand(8, 1, 28, 28)
+    eps = torch.randn(8, 2)
+    out, terms = m._terms(x, eps)
+    recon, kl = bernoulli_nll(out.logits, x), gaussian_kl(out.mu, out.logvar)
+    torch.testing.assert_close(terms["recon"], recon)
+    torch.testing.assert_close(terms["nelbo"], recon + kl)
+    torch.testing.assert_close(terms["loss"], recon_weight * recon + kl_weight * kl)
+    if pure:
+        assert torch.equal(terms["loss"], terms[pure])
+
+
+def test_the_loss_still_reaches_every_parameter_when_a_weight_is_zero():
+    # DDP needs a gradient for every parameter: a zero weight must give zeros, not missing grads.
+    m = model(recon_weight=0.0)
+    loss = m._terms(torch.rand(4, 1, 28, 28))[1]["loss"].mean()
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert all(p.grad.abs().max() == 0 for p in m.decoder.parameters())
+
+
+def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tmp_path):
+    m, dm = model(nll_samples=16), datamodule(tiny_mnist)
+    (metrics,) = trainer(tmp_path).test(m, datamodule=dm, verbose=False)
+    # recompute by hand over the whole test split, one image at a time
+    images = dm.splits["test"][0].float().div(255).unsqueeze(1)
+    index = torch.arange(len(images))
+    with torch.no_grad():
+        out, terms = m._terms(images, m.eval_noise(index, 1, stream=0)[0])
+    assert metrics["test/nelbo"] == pytest.approx(terms["nelbo"].mean().item(), rel=1e-5)
+    assert metrics["test/kl"] == pytest.approx(terms["kl"].mean().item(), rel=1e-5)
+    assert metrics["test/nll"] < metrics["test/nelbo"]
+
+
+def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path):
+    m = model(nll_samples=8)
+    results = [trainer(tmp_path).test(m, datamodule=datamodule(tiny_mnist, eval_batch_size=size), verbose=False)[0]
+               for size in (7, 100)]  # fmt: skip
+    for key in ("test/nelbo", "test/nll", "test/kl"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-6), key
+
+
+def test_training_lowers_the_validation_nelbo_and_logs_exact_epoch_means(tiny_mnist, tmp_path):
+    m, dm = model(), datamodule(tiny_mnist)
+    t = trainer(tmp_path, max_epochs=3, log_every_n_steps=1)
+    before = t.validate(m, datamodule=dm, verbose=False)[0]["val/nelbo"]
+    t = trainer(tmp_path, max_epochs=3, log_every_n_steps=1)
+    t.fit(m, datamodule=dm)
+    assert t.callback_metrics["val/nelbo"] < before - 50
+    rows = list(csv.DictReader(open(t.logger.log_dir + "/metrics.csv")))
+    steps = [float(r["train/nelbo"]) for r in rows if r["train/nelbo"] and r["epoch"] == "2"]
+    epoch_mean = [float(r["train/nelbo_epoch"]) for r in rows if r["train/nelbo_epoch"] and r["epoch"] == "2"]
+    assert len(steps) == 10  # 250 images / 25
+    assert epoch_mean == [pytest.approx(sum(steps) / len(steps), rel=1e-5)]
+
+
+def test_a_python_built_model_reloads_with_its_networks_given(tiny_mnist, tmp_path):
+    m, dm = model(latent_dim=3, kl_weight=0.5), datamodule(tiny_mnist)
+    t = trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    t.fit(m, datamodule=dm)
+    path = t.checkpoint_callback.best_model_path
+    assert "encoder" not in torch.load(path, weights_only=True)["hyper_parameters"]  # no pickled modules
+    again = VAELitModule.load_from_checkpoint(path, encoder=MLPEncoder(3, [64]), decoder=MLPDecoder(3, [64]),
+                                              weights_only=True)  # fmt: skip
+    assert again.kl_weight == 0.5
+    for key, value in m.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"latent_dim": 0}, "model.latent_dim must be a positive integer"),
+        ({"recon_weight": -1.0}, "model.recon_weight must be a finite number >= 0"),
+        ({"kl_weight": float("nan")}, "model.kl_weight must be a finite number >= 0"),
+        ({"recon_weight": 0.0, "kl_weight": 0.0}, "both 0: the objective is constant"),
+        ({"nll_samples": 0}, "model.nll_samples must be a positive integer"),
+        ({"nll_chunk_size": -3}, "model.nll_chunk_size must be a positive integer"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(kwargs, match):
+    latent_dim = kwargs.pop("latent_dim", 2)
+    with pytest.raises(ConfigError, match=match):
+        VAELitModule(MLPEncoder(2), MLPDecoder(2), latent_dim=latent_dim, **kwargs)

