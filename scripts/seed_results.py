@@ -11,19 +11,12 @@ Prints a Markdown table; writes one JSON record per run (metrics, settings, seco
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
-import os
-import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, command, latest_version, logged_metrics, machine, run
 
 # name -> (variant config, extra CLI arguments)
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -37,45 +30,13 @@ RUNS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{model}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
-
-
-def run(command: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - start
-
-
-def last_metrics(version_dir: Path) -> dict[str, float]:
-    rows = list(csv.DictReader(open(version_dir / "metrics.csv")))
-    merged: dict[str, float] = {}
-    for row in rows:
-        merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return merged
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=list(RUNS)[:5], choices=list(RUNS))
     parser.add_argument("--output", type=Path, required=True, help="JSON file for the records")
     parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "seed_results")
     args = parser.parse_args()
-    cli = [str(Path(sys.executable).parent / "vae-lightning")]
+    cli = [command("vae-lightning")]
     records = []
     for name in args.runs:
         variant, extra = RUNS[name]
@@ -85,13 +46,13 @@ def main() -> None:
         save_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] fit ...", flush=True)
         fit_seconds = run([*cli, "fit", *common], save_dir / "fit.log")
-        fit_dir = max((save_dir / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        fit_dir = latest_version(save_dir / name)
         config = (fit_dir / "config.yaml").read_text()
         print(f"[{name}] fit {fit_seconds:.0f} s; test ...", flush=True)
         test_seconds = run([*cli, "test", *common, "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt")],
                            save_dir / "test.log")  # fmt: skip
-        test_dir = max((save_dir / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        metrics = {k: v for k, v in last_metrics(test_dir).items() if k.startswith("test/")}
+        test_dir = latest_version(save_dir / name)
+        metrics = {k: v for k, v in logged_metrics(test_dir).items() if k.startswith("test/")}
         resolved = yaml.safe_load(config)
         record = {
             "name": name,
@@ -100,7 +61,7 @@ def main() -> None:
             "batch_size": resolved["data"]["batch_size"],
             "binarize": resolved["data"]["binarize"],
             "nll_samples": resolved["model"]["nll_samples"],
-            "val_nelbo_last": last_metrics(fit_dir).get("val/nelbo"),
+            "val_nelbo_last": logged_metrics(fit_dir).get("val/nelbo"),
             **metrics,
             "fit_seconds": round(fit_seconds, 1),
             "test_seconds": round(test_seconds, 1),

@@ -1,4 +1,4 @@
-"""Real DDP: two gloo processes through the CLI give the same test numbers and predictions as one."""
+"""Real DDP: two gloo processes through the CLI give the same numbers, figures and predictions as one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import CONFIGS
+
+from vae_lightning.experiments.command import main as experiments_main
 
 DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
 
@@ -39,10 +42,30 @@ def read_test_metrics(log_root: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_two_processes_test_and_predict_exactly_like_one(tiny_config, tmp_path):
+def test_two_processes_fit_test_and_predict_exactly_like_one(tiny_config, tmp_path):
     base = ["--config", CONFIGS / "two_latent.yaml", "--config", tiny_config]
-    cli_subprocess(["fit", *base, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "fit"], tmp_path)
-    checkpoint = next((tmp_path / "logs" / "fit").glob("version_0/checkpoints/last.ckpt"))
+    experiments = tmp_path / "experiments.yaml"  # two experiments that gather the test posterior across ranks
+    experiments.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "vae_lightning.experiments.LatentScatter"},
+        {"class_path": "vae_lightning.experiments.EpsilonSweep"},
+    ]}}))  # fmt: skip
+    out = cli_subprocess(["fit", *base, "--config", experiments, *DDP_CPU, "--trainer.max_epochs", "1",
+                          "--trainer.logger.init_args.name", "fit"], tmp_path)  # fmt: skip
+    assert "MEMBER: 2/2" in out
+    run = tmp_path / "logs" / "fit" / "version_0"
+    assert sorted(p.name for p in (run / "figures").iterdir()) == [
+        "exp_epsilon_sweep-epoch000.png", "exp_latent_scatter-epoch000.png"]  # fmt: skip
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("exp/") and v}
+    checkpoint = run / "checkpoints" / "last.ckpt"
+
+    # the figures' numbers from the gathered posterior equal a single process's on the same weights
+    single = experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "single"),
+                               "--experiments", "[latent_scatter, epsilon_sweep]"])["experiments"]  # fmt: skip
+    for name, values in single.items():
+        for key, value in values.items():
+            assert logged[f"exp/{name}/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
+
     results, latents = {}, {}
     for name, extra in (("one", ["--trainer.devices", "1"]), ("two", DDP_CPU)):
         out = cli_subprocess(["test", *base, *extra, "--ckpt_path", checkpoint, "--trainer.logger.init_args.name",

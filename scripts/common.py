@@ -1,0 +1,57 @@
+"""Helpers shared by the scripts: run the CLI as a user would, find its output, describe the machine."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def command(name: str) -> str:
+    """A console script of the package, from the same environment as this Python."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run(args: list[str], log: Path) -> float:
+    """Run a command from the repository root, output to `log`; exit on failure. Returns seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(args)}; see {log}")
+    return time.perf_counter() - start
+
+
+def latest_version(folder: Path) -> Path:
+    """The newest `version_N` folder a CSVLogger made under `folder`."""
+    return max(folder.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def logged_metrics(version_dir: Path) -> dict[str, float]:
+    """The last logged value of every metric in a CSVLogger's metrics.csv."""
+    merged: dict[str, float] = {}
+    for row in csv.DictReader(open(version_dir / "metrics.csv")):
+        merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return merged
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{model}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"

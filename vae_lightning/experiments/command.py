@@ -1,0 +1,155 @@
+"""`vae-lightning-experiments`: render every experiment that fits a checkpoint, and measure it, without training.
+
+    vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir figures/two_latent
+
+Writes `<output_dir>/<experiment>.png` for each experiment and `<output_dir>/measures.json` with every
+number, its definition, the model, the data mode and the digit classifier's own scores. Options of
+each experiment are `--<experiment>.<option>`, e.g. `--latent_traversal.dims [0,1]`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+
+from vae_lightning.data import MNISTDataModule
+from vae_lightning.errors import ConfigError
+from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
+from vae_lightning.experiments.classifier import CLEAR_THRESHOLD
+from vae_lightning.experiments.figures import write_png
+from vae_lightning.module import VAELitModule
+
+log = logging.getLogger(__name__)
+
+
+def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
+    """The model of a checkpoint (no code runs on load) and the checkpoint's other contents."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path {str(path)!r} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"--ckpt_path {str(path)!r} could not be loaded as a vae-lightning checkpoint: {err}") from err
+    return model.eval(), checkpoint
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_experiments(
+    ckpt_path: str,
+    output_dir: str,
+    data_dir: str | None = None,
+    download: bool = True,
+    experiments: list[str] | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    settings: dict[str, Experiment] | None = None,
+) -> dict:
+    """Render and measure the experiments that fit the checkpoint's model; return what measures.json holds.
+
+    Args:
+        ckpt_path: a checkpoint written by `vae-lightning fit`.
+        output_dir: folder for the PNG files and measures.json.
+        data_dir: MNIST folder (default: the one the data module would use).
+        download: fetch MNIST if missing.
+        experiments: names to run (default: every one that fits the model).
+        device: `auto`, `cpu` or `cuda`.
+        overwrite: replace an earlier measures.json in output_dir.
+        settings: configured experiments by name (default: each with its defaults).
+    """
+    names = experiments or list(EXPERIMENTS)
+    unknown = sorted(set(names) - set(EXPERIMENTS))
+    if unknown:
+        raise ConfigError(f"--experiments {unknown} unknown: choose from {list(EXPERIMENTS)}.")
+    out = Path(output_dir)
+    if (out / "measures.json").exists() and not overwrite:
+        raise ConfigError(f"{out / 'measures.json'} exists: pass --overwrite true or choose another --output_dir.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir {str(out)!r} is a file, not a folder.")
+
+    model, checkpoint = load_model(ckpt_path, resolve_device(device))
+    data_hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_hparams.update(download=download, **({"data_dir": data_dir} if data_dir is not None else {}))
+    datamodule = MNISTDataModule(**data_hparams)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    data = ExperimentData.from_datamodule(datamodule)
+    classifier_report = digit_classifier(data.data_dir)[1]
+
+    results, skipped, definitions = {}, {}, {}
+    for name in names:
+        experiment = (settings or {}).get(name) or EXPERIMENTS[name]()
+        reason = experiment.skip_reason(model)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        start = time.perf_counter()
+        outcome = experiment.run(model, data)
+        write_png(outcome.figure, out / f"{name}.png")
+        results[name] = outcome.measures
+        definitions[name] = inspect.cleandoc(type(experiment).__doc__ or "").split("\n\nArgs:")[0]
+        log.info("%s: %s (%.1f s)", name, ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items()),
+                 time.perf_counter() - start)  # fmt: skip
+
+    hparams = model.hparams
+    record = {
+        "checkpoint": str(Path(ckpt_path)),
+        "model": {
+            "latent_dim": model.latent_dim,
+            "encoder": type(model.encoder).__name__,
+            "decoder": type(model.decoder).__name__,
+            "recon_weight": hparams.get("recon_weight"),
+            "kl_weight": hparams.get("kl_weight"),
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+        },
+        "data": {"binarize": datamodule.binarize, "test_images": len(data.images)},
+        "classifier": {**classifier_report, "clear_threshold": CLEAR_THRESHOLD},
+        "experiments": results,
+        "skipped": skipped,
+        "definitions": definitions,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".measures.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out / "measures.json")
+    return record
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="vae-lightning-experiments", description=__doc__.split("\n\n")[0])
+    p.add_function_arguments(run_experiments, skip={"settings"})
+    for name, cls in EXPERIMENTS.items():
+        p.add_class_arguments(cls, name, skip={"every_n_epochs"})
+    return p
+
+
+def main(args: list[str] | None = None) -> dict:
+    """Entry point of `vae-lightning-experiments`."""
+    p = parser()
+    config = p.parse_args(args)
+    try:
+        instances = p.instantiate(config)
+        settings = {name: instances[name] for name in EXPERIMENTS}
+        options = {k: instances[k] for k in inspect.signature(run_experiments).parameters if k in instances}
+        return run_experiments(**options, settings=settings)
+    except ConfigError as err:
+        print(f"vae-lightning-experiments: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def cli_main() -> None:
+    main()
