@@ -58,7 +58,7 @@ def test_each_variant_config_prints_the_seed_setting(run_cli, capsys, variant):
     assert model["encoder"]["class_path"].endswith("ConvEncoder" if variant == "cnn" else "MLPEncoder")
     assert model["optimizer"]["class_path"] == "torch.optim.Adam" and model["optimizer"]["init_args"]["lr"] == 0.001
     assert data["batch_size"] == 100 and data["binarize"] == "none"
-    assert config["checkpoint"]["monitor"] == "val/nelbo" and config["last_checkpoint"]["filename"] == "last"
+    assert config["checkpoint"]["monitor"] == "val/nelbo" and config["last_checkpoint"]["every_n_train_steps"] == 0
 
 
 def test_trainer_and_logger_pieces_compose(run_cli, capsys):
@@ -157,3 +157,18 @@ def test_an_unwritable_data_dir_is_refused_when_files_are_needed(run_cli, capsys
     err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
                    "--data.data_dir", "/sys/vae-lightning-test", "--data.download", "true")  # fmt: skip
     assert "data.data_dir='/sys/vae-lightning-test' is not writable" in err
+
+
+def test_the_ddp_pieces_compose(run_cli, capsys):
+    config = printed_config(run_cli, capsys, CONFIGS / "vanilla.yaml", CONFIGS / "trainer/ddp.yaml")
+    assert (config["trainer"]["accelerator"], config["trainer"]["devices"], config["trainer"]["strategy"]) == (
+        "gpu", -1, "ddp")  # fmt: skip
+    config = printed_config(run_cli, capsys, CONFIGS / "vanilla.yaml", CONFIGS / "trainer/ddp_cpu.yaml")
+    assert config["trainer"]["strategy"]["init_args"]["process_group_backend"] == "gloo"
+    assert config["trainer"]["devices"] == 2 and config["model"]["latent_dim"] == 20
+
+
+def test_bf16_mixed_precision_trains(run_cli, tiny_config):
+    cli = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run",
+                  "true", "--trainer.precision", "bf16-mixed")  # fmt: skip
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"]) and "val/nelbo" in cli.trainer.callback_metrics

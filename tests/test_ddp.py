@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -16,12 +17,13 @@ from conftest import CONFIGS
 
 from vae_lightning.experiments.command import main as experiments_main
 
-DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+DDP_CPU = ["--config", CONFIGS / "trainer" / "ddp_cpu.yaml"]  # 2 processes over gloo
 
 
-def cli_subprocess(args: list, cwd: Path, timeout: float = 240) -> str:
+def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int = 0) -> str:
     """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     command = [sys.executable, "-m", "vae_lightning", *map(os.fspath, args)]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)  # fmt: skip
@@ -31,14 +33,14 @@ def cli_subprocess(args: list, cwd: Path, timeout: float = 240) -> str:
         os.killpg(process.pid, signal.SIGKILL)  # Lightning traps SIGTERM; the DDP ranks share the group
         out, _ = process.communicate()
         pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{out[-3000:]}")
-    assert process.returncode == 0, out[-3000:]
+    assert process.returncode == returncode, f"exit {process.returncode}:\n{out[:1500]}\n[...]\n{out[-6000:]}"
     return out
 
 
-def read_test_metrics(log_root: Path) -> dict[str, float]:
+def read_metrics(log_root: Path, prefix: str) -> dict[str, float]:
     (version,) = [p for p in log_root.iterdir() if (p / "metrics.csv").exists()]
     rows = list(csv.DictReader(open(version / "metrics.csv")))
-    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("test/") and v}
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith(prefix) and v}
 
 
 @pytest.mark.slow
@@ -68,16 +70,46 @@ def test_two_processes_fit_test_and_predict_exactly_like_one(tiny_config, tmp_pa
 
     results, latents = {}, {}
     for name, extra in (("one", ["--trainer.devices", "1"]), ("two", DDP_CPU)):
-        out = cli_subprocess(["test", *base, *extra, "--ckpt_path", checkpoint, "--trainer.logger.init_args.name",
-                              f"test_{name}", "--data.eval_batch_size", "30"], tmp_path)  # fmt: skip
-        assert ("MEMBER: 2/2" in out) == (name == "two")  # really two ranks
-        results[name] = read_test_metrics(tmp_path / "logs" / f"test_{name}")
+        for stage in ("validate", "test"):
+            out = cli_subprocess([stage, *base, *extra, "--ckpt_path", checkpoint, "--trainer.logger.init_args.name",
+                                  f"{stage}_{name}", "--data.eval_batch_size", "30"], tmp_path)  # fmt: skip
+            assert ("MEMBER: 2/2" in out) == (name == "two")  # really two ranks
+        results[name] = {**read_metrics(tmp_path / "logs" / f"validate_{name}", "val/"),
+                         **read_metrics(tmp_path / "logs" / f"test_{name}", "test/")}  # fmt: skip
         cli_subprocess(["predict", *base, *extra, "--ckpt_path", checkpoint, "--predictions.output_dir",
                         tmp_path / f"predict_{name}", "--data.eval_batch_size", "30"], tmp_path)  # fmt: skip
         latents[name] = torch.load(tmp_path / f"predict_{name}" / "latents_test.pt", weights_only=True)
-    assert set(results["one"]) == {"test/loss", "test/recon", "test/kl", "test/nelbo", "test/nll"}
+    assert set(results["one"]) == {f"{stage}/{k}" for stage in ("val", "test") for k in ("loss", "recon", "kl", "nelbo")
+                                   } | {"test/nll"}  # fmt: skip
     for key, value in results["one"].items():
         assert results["two"][key] == pytest.approx(value, rel=1e-5), key
     assert torch.equal(latents["two"]["index"], torch.arange(100))  # every image once, in order
     for key in ("mu", "logvar", "label"):
         torch.testing.assert_close(latents["two"][key], latents["one"][key])
+
+
+@pytest.mark.slow
+def test_every_rank_trains_on_a_disjoint_shard_and_each_epoch_covers_the_training_set_once(tiny_config, tmp_path):
+    from probes import image_codes
+
+    from vae_lightning.data import MNISTDataModule
+
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "probes.SeenImages", "init_args": {"out_dir": str(tmp_path / "seen")}}]}}))  # fmt: skip
+    out = cli_subprocess(["fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", probe,
+                          *DDP_CPU, "--trainer.max_epochs", "2"], tmp_path)  # fmt: skip
+    assert "MEMBER: 2/2" in out
+    seen = [json.loads((tmp_path / "seen" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    config = yaml.safe_load(tiny_config.read_text())["data"]
+    datamodule = MNISTDataModule(**config)
+    datamodule.setup("fit")
+    training_images = sorted(image_codes(datamodule.splits["train"][0]))
+    orders = []
+    for epoch in ("0", "1"):
+        shards = [seen[r][epoch] for r in (0, 1)]
+        assert not set(shards[0]) & set(shards[1])  # disjoint
+        assert sorted(shards[0] + shards[1]) == training_images  # together: every training image once
+        assert len(shards[0]) == len(shards[1]) == 125  # the global batch of 50 split 25 + 25
+        orders.append(shards[0])
+    assert orders[0] != orders[1]  # a new permutation each epoch

@@ -2,44 +2,152 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from pathlib import Path
 
+import yaml
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    LastCheckpoint,
+    check_checkpoint_file,
+    find_last_checkpoint,
+)
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError
-from vae_lightning.module import VAELitModule
+from vae_lightning.module import NonFiniteLossError, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
+from vae_lightning.runs import run_dir
 
-# Two checkpoint callbacks, because since Lightning 2.6 `save_last=True` rewrites last.ckpt only when a
-# top-k checkpoint is saved, which makes it a copy of the best (see openclimatefix/pvnet#544).
+log = logging.getLogger(__name__)
+
+# The best checkpoint by val/nelbo, <log_dir>/checkpoints/best-epochNNN-val_nelboXX.XX.ckpt. The latest
+# state is LastCheckpoint's last.ckpt: since Lightning 2.6 a ModelCheckpoint's `save_last` rewrites
+# last.ckpt only when a top-k checkpoint is saved, which makes it a copy of the best (openclimatefix/pvnet#544).
 CHECKPOINT_DEFAULTS = {
-    # the best by val/nelbo: <log_dir>/checkpoints/best-epochNNN-val_nelboXX.XX.ckpt
     "checkpoint.monitor": "val/nelbo",
     "checkpoint.mode": "min",
     "checkpoint.save_top_k": 1,
     "checkpoint.filename": "best-epoch{epoch:03d}-val_nelbo{val/nelbo:.2f}",
     "checkpoint.auto_insert_metric_name": False,
-    # the latest state, rewritten every epoch: <log_dir>/checkpoints/last.ckpt
-    "last_checkpoint.filename": "last",
-    "last_checkpoint.save_top_k": 1,
-    "last_checkpoint.enable_version_counter": False,
 }
+OFFLINE_MODES = ("offline", "dryrun", "disabled")
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Writes config.yaml to the log dir (LightningCLI's behaviour) and to the run's own folder when
+    that differs (W&B shares its log dir between runs), and logs the full resolved config to every
+    logger, so a W&B run carries it under `config`."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # every rank: both read broadcasts (save_config below runs on rank 0 alone, so it must not)
+        self.run_folder, self.log_folder = run_dir(trainer), Path(trainer.log_dir or "")
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:  # rank 0 only
+        if self.log_folder != self.run_folder:
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, self.run_folder / self.config_filename, skip_none=False, overwrite=True)
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": resolved})
+
+
+def wandb_credentials_present() -> bool:
+    """Whether `wandb login` (netrc) or WANDB_API_KEY has given W&B an API key. Reads no key aloud."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
 
 
 class VAECLI(LightningCLI):
-    """LightningCLI with `latent_dim` linked into both networks and best/last checkpoints always on."""
+    """LightningCLI with `latent_dim` linked into both networks, best/last checkpoints always on,
+    atomic checkpoint writes, `--ckpt_path last` across log versions, and checked inputs."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.latent_dim", "model.encoder.init_args.latent_dim")
         parser.link_arguments("model.latent_dim", "model.decoder.init_args.latent_dim")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # `predict` writes <log_dir>/latents_<split>.pt; configurable as `predictions.*`.
         parser.add_lightning_class_args(LatentWriter, "predictions")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand and config.get("weights_only") is None:
+            config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
+        logger = config.trainer.get("logger")
+        for item in logger if isinstance(logger, list) else [logger]:
+            if isinstance(item, dict) or not hasattr(item, "class_path") or not item.class_path.endswith("WandbLogger"):
+                continue
+            args = item.init_args
+            offline = bool(args.get("offline")) or os.environ.get("WANDB_MODE", "").lower() in OFFLINE_MODES
+            if args.get("offline") and args.get("log_model"):
+                raise ConfigError(
+                    "trainer.logger.init_args.log_model uploads checkpoints as W&B artifacts, which needs W&B "
+                    "online: set log_model: false for an offline run (checkpoints stay in the log dir)."
+                )
+            if not offline and not wandb_credentials_present():
+                raise ConfigError(
+                    "trainer.logger is W&B online, but no W&B API key is set up: run `wandb login` (or set "
+                    "WANDB_API_KEY), or log offline with WANDB_MODE=offline or "
+                    "trainer.logger.init_args.offline: true and `wandb sync` the run later."
+                )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check an explicit --ckpt_path before LightningCLI reads it: since Lightning 2.4 the CLI loads
+        the checkpoint's hyperparameters into the config here (the checkpoint's model wins)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _before_run(self) -> None:
+        """For every subcommand: atomic checkpoint writes; `--ckpt_path last` resolved across log versions."""
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = str(self._resolve_last())
+
+    def _resolve_last(self) -> Path:
+        """`--ckpt_path last`: last_checkpoint.dirpath's last.ckpt when that is set, else the newest
+        last.ckpt among this logger's earlier versions (each run logs to a new version)."""
+        last = next((cb for cb in self.trainer.callbacks if isinstance(cb, LastCheckpoint)), None)
+        if last is not None and last.dirpath:
+            where, found = Path(last.dirpath), Path(last.dirpath) / "last.ckpt"
+        elif self.trainer.loggers:
+            logger = self.trainer.loggers[0]
+            where = Path(logger.save_dir or self.trainer.default_root_dir) / str(logger.name)
+            found = find_last_checkpoint(where)
+        else:
+            where = Path(self.trainer.default_root_dir)
+            found = where / "checkpoints" / "last.ckpt"
+        if found is None or not found.is_file():
+            raise ConfigError(
+                f"--ckpt_path last: no last.ckpt under {where}: nothing to resume. "
+                "Start without --ckpt_path, or give the checkpoint's path."
+            )
+        log.info("Resuming from %s (the newest last.ckpt under %s)", found, where)
+        return check_checkpoint_file(found)
+
+    before_fit = before_validate = before_test = before_predict = _before_run
 
 
 def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
@@ -48,6 +156,7 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
         return VAECLI(
             VAELitModule,
             MNISTDataModule,
+            save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
@@ -56,6 +165,9 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
     except ConfigError as err:
         print(f"vae-lightning: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except (NonFiniteLossError, CheckpointWriteError) as err:
+        print(f"vae-lightning: stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
 
 
 def main(args: ArgsType = None) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from vae_lightning.data.loaders import mix_seed
@@ -28,6 +30,46 @@ except ImportError:  # pragma: no cover - an older/newer Lightning without it: k
 
 Stage = Literal["train", "val", "test"]
 TERMS = ("loss", "recon", "kl", "nelbo")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a non-finite loss (with model.nonfinite: stop)."""
+
+
+def last_good_checkpoint(trainer) -> str:
+    """This run's last.ckpt (its latest state), else its best checkpoint, else a note that there is none."""
+    for attribute in ("path", "best_model_path"):  # LastCheckpoint.path, then ModelCheckpoint.best_model_path
+        for callback in trainer.callbacks:
+            path = getattr(callback, attribute, None)
+            if path and Path(path).is_file():
+                return str(path)
+    return "none written yet in this run"
+
+
+def check_architecture(module: nn.Module, checkpoint: dict) -> None:
+    """Raise ConfigError when a checkpoint's weights do not fit `module`, naming each difference."""
+    saved, own = checkpoint.get("state_dict", {}), module.state_dict()
+    problems = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+                for k, v in saved.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    problems += [f"{k}: missing from the checkpoint" for k in missing[:5]]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in unexpected[:5]]
+    if not problems:
+        return
+    hparams = checkpoint.get("hyper_parameters", {})
+    differences = [f"{key}={hparams[key]!r} in the checkpoint, {getattr(module, key, None)!r} in the config"
+                   for key in ("latent_dim",) if key in hparams and hparams[key] != getattr(module, key, None)]  # fmt: skip
+    for key in ("encoder", "decoder"):
+        saved_class = (hparams.get(key) or {}).get("class_path", "") if isinstance(hparams.get(key), dict) else ""
+        if saved_class and saved_class.rsplit(".", 1)[-1] != type(getattr(module, key)).__name__:
+            differences.append(f"{key} {saved_class.rsplit('.', 1)[-1]} in the checkpoint, "
+                               f"{type(getattr(module, key)).__name__} in the config")  # fmt: skip
+    raise ConfigError(
+        "the checkpoint's architecture does not fit the model built from the config"
+        + (f" ({'; '.join(differences)})" if differences else "")
+        + f": {'; '.join(problems[:8])}. Use the config the checkpoint was trained with (its config.yaml), "
+        "or load it without a config: VAELitModule.load_from_checkpoint(path)."
+    )
 
 
 class VAEOutput(NamedTuple):
@@ -77,6 +119,9 @@ class VAELitModule(LightningModule):
             which bounds its memory; on a CPU, keep a chunk's activations in cache (the conv
             decoder holds ~90 KB per pair: use ~128 there).
         eval_seed: seeds the per-image noise of validation and test.
+        nonfinite: what a non-finite training loss does: `stop` the run (naming the step, the batch
+            and the last good checkpoint) or `skip` that batch's update (with a warning). It is
+            checked before the update, so the weights never take a non-finite step.
     """
 
     def __init__(
@@ -92,6 +137,7 @@ class VAELitModule(LightningModule):
         nll_samples: int = 1000,
         nll_chunk_size: int = 2048,
         eval_seed: int = 0,
+        nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.latent_dim = _positive("latent_dim", latent_dim)
@@ -104,6 +150,8 @@ class VAELitModule(LightningModule):
             )
         self.nll_samples = _positive("nll_samples", nll_samples)
         self.nll_chunk_size = _positive("nll_chunk_size", nll_chunk_size)
+        if nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"model.nonfinite must be 'stop' or 'skip', got {nonfinite!r}.")
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ConfigError(f"model.lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
         check_networks(encoder, decoder, latent_dim)
@@ -115,7 +163,7 @@ class VAELitModule(LightningModule):
         self.save_hyperparameters(ignore=[] if from_cli else ["encoder", "decoder", "optimizer", "lr_scheduler"])
         self.encoder, self.decoder = encoder, decoder
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.lr_scheduler_interval, self.eval_seed = lr_scheduler_interval, eval_seed
+        self.lr_scheduler_interval, self.eval_seed, self.nonfinite = lr_scheduler_interval, eval_seed, nonfinite
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
 
@@ -180,14 +228,34 @@ class VAELitModule(LightningModule):
         return noise.transpose(0, 1)
 
     # ------------------------------------------------------------------ Lightning hooks
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         x = batch[0]
         _, terms = self._terms(x)
         means = {name: value.mean() for name, value in terms.items()}
+        if self._nonfinite(means["loss"], batch_idx, means):
+            return None  # skip: no backward, no optimizer step (on every rank alike)
         self.log_dict({f"train/{n}": means[n] for n in TERMS}, prog_bar=False)
         self.log("loss", means["loss"], prog_bar=True, logger=False)
         self._accumulate("train", [means[n] * len(x) for n in TERMS], len(x))
         return means["loss"]
+
+    def _nonfinite(self, loss: Tensor, batch_idx: int, means: dict[str, Tensor]) -> bool:
+        """True when this step's loss is not finite on any rank (all ranks agree); stops the run under `stop`."""
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return False
+        values = ", ".join(f"{n}={means[n].item():.4g}" for n in TERMS)
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx} of the epoch; {values})"
+        if self.nonfinite == "skip":
+            rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")
+            return True
+        raise NonFiniteLossError(
+            f"non-finite loss at {where}; stopped before it could update the weights. Last good checkpoint: "
+            f"{last_good_checkpoint(self.trainer)}. Lower the learning rate, or set model.nonfinite: skip "
+            f"to skip such batches."
+        )
 
     def on_train_epoch_end(self) -> None:
         self._log_means("train", TERMS, suffix="_epoch")
@@ -221,6 +289,34 @@ class VAELitModule(LightningModule):
         x, labels, index = batch
         mu, logvar = self.encode(x)
         return {"mu": mu, "logvar": logvar, "label": labels, "index": index}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save every rank's random state (the reparameterisation noise), so a resumed run continues
+        exactly: data order and binarization are already functions of (seed, epoch, batch)."""
+        states = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank is here: gather
+            states = {k: self.all_gather(v.to(self.device)).cpu() for k, v in states.items()}  # (world, ...)
+        else:
+            states = {k: v.unsqueeze(0) for k, v in states.items()}
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights that do not fit this model (naming the differences); restore random states."""
+        check_architecture(self, checkpoint)
+        states = checkpoint.get("rng_states")
+        if states is None or self._trainer is None:
+            return
+        rank = self.trainer.global_rank
+        if len(states["cpu"]) == self.trainer.world_size:  # same process count: each rank its own stream
+            # .clone(): torch 2.15 segfaults on a state tensor that is a view with a storage offset
+            torch.set_rng_state(states["cpu"][rank].clone())
+            if "cuda" in states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda"][rank].clone(), self.device)
+        else:
+            rank_zero_warn(f"checkpoint saved by {len(states['cpu'])} processes, resumed by {self.trainer.world_size}: "
+                           "the noise streams start afresh, so the run will not repeat an uninterrupted one exactly.")  # fmt: skip
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

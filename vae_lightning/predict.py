@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vae_lightning.distributed import gather_rows
+from vae_lightning.runs import run_dir
 
 log = logging.getLogger(__name__)
 KEYS = ("mu", "logvar", "label", "index")
@@ -34,7 +35,7 @@ class LatentWriter(Callback):
     positions in the split. Under DDP every rank's rows are gathered and rank 0 writes once.
 
     Args:
-        output_dir: folder for the file; default: the run's log dir (`trainer.log_dir`).
+        output_dir: folder for the file; default: the run's folder (`vae_lightning.runs.run_dir`).
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
@@ -54,7 +55,7 @@ class LatentWriter(Callback):
         self._rows = {}
         order = rows["index"].argsort()
         rows = {key: value[order] for key, value in rows.items()}
-        folder = Path(self.output_dir) if self.output_dir is not None else Path(trainer.log_dir or ".")  # all ranks
+        folder = Path(self.output_dir) if self.output_dir is not None else run_dir(trainer)  # every rank: broadcasts
         self.last_path = folder / f"latents_{getattr(trainer.datamodule, 'predict_split', 'predict')}.pt"
         if trainer.is_global_zero:
             save_atomically(rows, self.last_path)

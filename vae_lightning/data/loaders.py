@@ -79,8 +79,12 @@ class TensorBatchLoader:
     """Iterates `(pixels, labels)` from uint8 images `(N, 28, 28)` and int64 labels `(N,)`.
 
     Pixels come out as float32 `(B, 1, 28, 28)` in [0, 1]; with `dynamic_binarization` each pixel
-    is redrawn as Bernoulli(p) every time the image is served (a stream seeded by seed, epoch and
-    rank). With `with_index` the batch also carries the items' indices (for prediction).
+    is redrawn as Bernoulli(p) every time the image is served (each batch seeded by seed, epoch,
+    rank and its position, so any batch can be reproduced on its own). With `with_index` the batch
+    also carries the items' indices (for evaluation and prediction).
+
+    Resumable: `state_dict()` records the epoch and how many batches were served; Lightning saves it
+    in checkpoints and, on resume, `load_state_dict()` makes the same epoch continue where it stopped.
     """
 
     def __init__(
@@ -98,18 +102,31 @@ class TensorBatchLoader:
         # DataLoader-like attributes: Lightning calls `sampler.set_epoch` each epoch through them.
         self.sampler = self.batch_sampler = sampler
         self.dynamic_binarization, self.seed, self.with_index = dynamic_binarization, seed, with_index
+        self._served = 0  # batches served in the current epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, batches) to skip when that epoch starts
 
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        generator = None
-        if self.dynamic_binarization:
-            generator = torch.Generator(self.images.device)
-            generator.manual_seed(mix_seed(self.seed, self.sampler.epoch, self.sampler.rank, 0xB1))
-        for index in self.sampler:
+        epoch, skip = self.sampler.epoch, 0
+        if self._resume is not None and self._resume[0] == epoch:  # a checkpoint from inside this epoch
+            skip = self._resume[1]
+        self._resume, self._served = None, skip
+        generator = torch.Generator(self.images.device) if self.dynamic_binarization else None
+        for number, index in enumerate(self.sampler):
+            if number < skip:
+                continue
             pixels = self.images[index].unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
             if generator is not None:
+                generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
             labels = self.labels[index]
+            self._served = number + 1
             yield (pixels, labels, index) if self.with_index else (pixels, labels)

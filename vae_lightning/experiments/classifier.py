@@ -168,7 +168,8 @@ def cached_classifier(
     if path.is_file():
         try:
             saved = torch.load(path, weights_only=True)
-            classifier = DigitClassifier()
+            with torch.random.fork_rng(devices=[]):  # layer initialisation draws random numbers
+                classifier = DigitClassifier()
             classifier.load_state_dict(saved["state_dict"])
             return classifier.eval(), saved["report"]
         except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, not trusted

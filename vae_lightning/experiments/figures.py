@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vae_lightning.runs import run_dir
+
 
 def new_figure(width: float, height: float) -> Figure:
     """A Figure on an Agg canvas, never registered with pyplot (nothing to close, nothing leaks)."""
@@ -41,15 +43,8 @@ def image_grid(images: Tensor, rows: int, cols: int, pad: int = 1) -> numpy.ndar
 
 
 def figure_dir(trainer: Trainer) -> Path:
-    """`<log_dir>/figures`; with W&B (whose log dir is shared by runs) `<save_dir>/figures/<run id>`.
-
-    Reads `trainer.log_dir`, which broadcasts under DDP: call it on every rank.
-    """
-    root = Path(trainer.log_dir or ".")
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-        wandb_logger = next(logger for logger in trainer.loggers if isinstance(logger, WandbLogger))
-        return root / "figures" / str(wandb_logger.version)
-    return root / "figures"
+    """`<run dir>/figures` (see `vae_lightning.runs.run_dir`). Broadcasts: call on every rank."""
+    return run_dir(trainer) / "figures"
 
 
 def publish(trainer: Trainer, key: str, figure: Figure, folder: Path) -> Path:

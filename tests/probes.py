@@ -1,0 +1,60 @@
+"""Test-only callbacks, named by class_path in configs of subprocess runs (tests/ is on their PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from vae_lightning.nets import MLPEncoder
+
+
+def image_codes(images) -> list[int]:
+    """The unique code the tiny test set writes into the first row of each image (pixels in [0, 1] or bytes)."""
+    rows = images.reshape(len(images), 28, 28)[:, 0, :16].float()
+    bits = (rows > rows.max() / 2).long() if rows.max() > 0 else rows.long()
+    return (bits * (2 ** torch.arange(16))).sum(1).tolist()
+
+
+class SeenImages(Callback):
+    """Records, per epoch, the codes of the training images this rank trained on; writes rank<r>.json."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.seen = Path(out_dir), {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(str(trainer.current_epoch), []).extend(image_codes(batch[0]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+class NaNAfter(MLPEncoder):
+    """An encoder that breaks on purpose: from its `after`-th training call on, logvar is NaN."""
+
+    def __init__(self, latent_dim: int = 2, after: int = 3) -> None:
+        super().__init__(latent_dim, [64])
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        mu, logvar = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.after:
+                logvar = logvar * float("nan")
+        return mu, logvar
+
+
+class KillAt(Callback):
+    """Kills its own process with SIGKILL (no clean-up, like an OOM killer or a lost node) after `step` steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
