@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 import yaml
 from conftest import CONFIGS, REPO, VARIANTS
 
@@ -172,3 +173,30 @@ def test_bf16_mixed_precision_trains(run_cli, tiny_config):
     cli = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run",
                   "true", "--trainer.precision", "bf16-mixed")  # fmt: skip
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"]) and "val/nelbo" in cli.trainer.callback_metrics
+
+
+def bars(cli) -> list:
+    return [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
+
+
+def test_the_progress_bar_redraws_every_10th_step_and_gives_way(run_cli, tiny_config):
+    args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.enable_progress_bar")
+    [bar] = bars(run_cli(*args, "true", run=False))
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 10
+    [bar] = bars(run_cli(*args, "true", "--progress_bar.refresh_rate", "1", run=False))
+    assert bar.refresh_rate == 1
+    assert bars(run_cli(*args, "false", run=False)) == []  # no bar, and no clash with enable_progress_bar
+    own = '[{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}]'
+    [bar] = bars(run_cli(*args, "true", "--trainer.callbacks", own, run=False))  # the config's own bar alone
+    assert bar.refresh_rate == 3
+
+
+def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1")
+    last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["hyper_parameters"]["nll_samples"] == 8  # tiny_config's
+    test = run_cli("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--ckpt_path", last,
+                   "--model.nll_samples", "3", "--model.eval_seed", "5", "--model.latent_dim", "7")  # fmt: skip
+    model = test.trainer.lightning_module
+    assert (model.nll_samples, model.eval_seed) == (3, 5)  # how to evaluate: the command line's
+    assert model.latent_dim == 2  # what the model is: the checkpoint's

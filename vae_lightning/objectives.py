@@ -31,6 +31,12 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(_IMAGE_DIMS)
 
 
+def bernoulli_nll_mean(logits: Tensor, x: Tensor) -> Tensor:
+    """`bernoulli_nll(logits, x).mean()` for logits and x of the same shape (B, ...), in one reduction:
+    the training step's form (it skips the per-image sums: ~60 us a step of the MLP at batch 128)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+
+
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     """z = mu + eps * sigma, with eps ~ N(0, I) of shape (..., B, L)."""
     return mu + eps * torch.exp(0.5 * logvar)

@@ -123,10 +123,10 @@ class TensorBatchLoader:
         for number, index in enumerate(self.sampler):
             if number < skip:
                 continue
-            pixels = self.images[index].unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
+            pixels = self.images.index_select(0, index).unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
             if generator is not None:
                 generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
-            labels = self.labels[index]
+            labels = self.labels.index_select(0, index)  # index_select: ~4x faster than [index] on a CPU
             self._served = number + 1
             yield (pixels, labels, index) if self.with_index else (pixels, labels)

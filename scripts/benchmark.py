@@ -1,0 +1,303 @@
+"""Speed, side by side: pytorch/examples' VAE loop against `vae-lightning fit`, and both against the GEMM roofline.
+
+In one process, on one machine, with the same model (784-400-20-400-784 MLP), batch, optimizer
+(Adam, lr 1e-3) and continuous pixels:
+
+  (a) `reference_vae.py`: pytorch/examples' `vae/main.py` as written there (torchvision MNIST,
+      DataLoader, ToTensor, `.item()` every batch);
+  (b) the package: `vae-lightning fit --config configs/vanilla.yaml` in-process through the CLI,
+      with the figure callbacks replaced by a stopwatch and the config's own logger (CSV);
+  (c) a float32 matrix-multiply probe: this machine's GEMM peak.
+
+Times are seconds of training per epoch of 60,000 images (the package holds 5,000 out for
+validation and trains on 55,000, so its time is scaled by 60,000/55,000), the median over every
+epoch but each run's first (warm-up), over `--repeats` runs of each, run alternately. The
+evaluation passes (the reference's test set, the package's validation and checkpoints) are timed
+apart. The roofline fraction is (b)'s matrix-multiply FLOPs per epoch / (its seconds x the GEMM
+peak). Then `test/nll` (k importance samples on the 10,000 test images) is timed on (b)'s last
+checkpoint, with its peak memory. The last line printed is JSON with every number.
+
+    python scripts/benchmark.py                     # CPU: about 3 minutes on 2 cores
+    python scripts/benchmark.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+from common import REPO, machine
+
+PIXELS, EPOCH_IMAGES = 784, 60_000
+
+
+# ---------------------------------------------------------------------------------------------- (c)
+def gemm_peak(device: torch.device, sizes: list[int], repeats: int = 5) -> dict:
+    """Best median float32 GFLOP/s of square matmuls (TF32 off: the full-precision peak)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    best = {"gflops": 0.0, "size": 0}
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        times = []
+        for _ in range(repeats + 1):  # the first is warm-up
+            sync(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        gflops = 2 * n**3 / statistics.median(times[1:]) / 1e9
+        if gflops > best["gflops"]:
+            best = {"gflops": gflops, "size": n}
+    return best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_flops_per_image(layers: list[tuple[int, int]]) -> int:
+    """Matrix-multiply FLOPs of one training step per image for a chain of Linear layers (fan_in, fan_out):
+    forward 2*in*out, backward 2*in*out for the weight gradient and 2*in*out for the input gradient,
+    except the first encoder layer (its input, the pixels, needs no gradient)."""
+    return sum(2 * i * o * (3 if n else 2) for n, (i, o) in enumerate(layers))
+
+
+# 784-400, 400-(20+20), 20-400, 400-784: the reference's layers, and the package's MLPEncoder/MLPDecoder.
+VANILLA_LAYERS = [(PIXELS, 400), (400, 40), (20, 400), (400, PIXELS)]
+
+
+# ---------------------------------------------------------------------------------------------- (b)
+class Stopwatch(Callback):
+    """Per epoch: training seconds (to the end of the last batch), evaluation seconds, images seen;
+    per test: seconds and peak memory (CUDA allocator, or the process's resident set on a CPU)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+        self.test: dict = {}
+
+    def _now(self, pl_module) -> float:
+        sync(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append({"start": self._now(pl_module), "images": 0})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epochs[-1]["images"] += len(batch[0])
+
+    def _train_done(self, pl_module) -> None:
+        epoch = self.epochs[-1]
+        if "train_s" not in epoch:
+            epoch["train_s"] = self._now(pl_module) - epoch["start"]
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._train_done(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._train_done(pl_module)
+        self.epochs[-1]["epoch_s"] = self._now(pl_module) - self.epochs[-1]["start"]
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.test_images += len(batch[0])
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.test_images = 0
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            reset_peak_rss()
+        self.test = {"start": self._now(pl_module), "memory_at_start_mb": current_rss_mb()}
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self.test["seconds"] = self._now(pl_module) - self.test.pop("start")
+        if pl_module.device.type == "cuda":
+            self.test["peak_memory_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            self.test["memory"] = "CUDA allocator peak"
+            self.test["memory_at_start_mb"] = 0.0
+        else:
+            self.test["peak_memory_mb"] = peak_rss_mb()
+            self.test["memory"] = "peak resident set of the process during the test"
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+    except OSError:
+        pass
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+def current_rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
+    limits = []
+    if args.limit_batches:
+        limits = [f"--trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
+    return [
+        subcommand, "--config", str(REPO / "configs" / "vanilla.yaml"), *limits,
+        "--trainer.callbacks", json.dumps([{"class_path": "benchmark.Stopwatch"}]),
+        "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
+        "--trainer.logger.init_args.save_dir", str(workdir),
+        "--data.data_dir", str(args.data_dir),
+        "--data.batch_size", str(args.batch_size),
+    ]  # fmt: skip
+
+
+def run_package(args, workdir: Path, seed: int) -> tuple[list[dict], float, str]:
+    from vae_lightning.cli import cli
+
+    done = cli(package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed)])
+    watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
+    loss = float(done.trainer.callback_metrics["train/loss_epoch"])
+    last = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
+    return watch.epochs, loss, str(last)
+
+
+def run_nll(args, workdir: Path, checkpoint: str) -> dict:
+    from vae_lightning.cli import cli
+
+    done = cli(package_args(args, workdir, "test") + ["--ckpt_path", checkpoint, "--model.nll_samples", str(args.nll_samples)])  # fmt: skip
+    watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
+    model = done.trainer.lightning_module
+    return {
+        **watch.test, "k": model.nll_samples, "images": watch.test_images, "chunk_size": model.nll_chunk_size,
+        "test_nll": float(done.trainer.callback_metrics["test/nll"]),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- (a)
+def run_reference(args, seed: int) -> tuple[list[dict], float]:
+    import reference_vae
+
+    with tempfile.TemporaryDirectory() as results:
+        epochs = reference_vae.run(str(args.data_dir), args.epochs, args.batch_size, args.device, seed,
+                                   results_dir=results, verbose=False, max_batches=args.limit_batches)  # fmt: skip
+    return epochs, epochs[-1]["train_loss"]
+
+
+# ---------------------------------------------------------------------------------------------- main
+def per_epoch(epochs: list[dict], key: str = "train_s") -> list[float]:
+    """Seconds per 60,000 training images of every epoch but the first (warm-up)."""
+    return [e[key] * EPOCH_IMAGES / e["images"] for e in epochs[1:]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the first of each is warm-up")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of (a) and of (b), alternated")
+    parser.add_argument("--skip-reference", action="store_true", help="time (b) and (c) only")
+    parser.add_argument("--nll-samples", type=int, default=1000, help="k for the test/nll timing; 0 skips it")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder holding MNIST/raw (default: $VAE_LIGHTNING_DATA_DIR or the user cache)")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON result to this file")
+    parser.add_argument("--limit-batches", type=int, default=None,
+                        help="at most this many batches per epoch and evaluation (a quick check of the script)")  # fmt: skip
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the CLI runs from `package_args` alone
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch of every run is warm-up")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+
+    from vae_lightning.data.files import MNIST_FILES, default_data_dir, ensure_mnist
+
+    args.data_dir = args.data_dir or default_data_dir()
+    ensure_mnist(args.data_dir, download=True, specs=MNIST_FILES, field="--data-dir")
+    device = torch.device(args.device)
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
+
+    reference, package, losses = [], [], {"reference": [], "package": []}
+    checkpoint = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            if not args.skip_reference:
+                epochs, loss = run_reference(args, seed=1 + repeat)
+                reference.append(epochs)
+                losses["reference"].append(loss)
+                print(f"(a) reference run {repeat + 1}: {[round(e['train_s'], 2) for e in epochs]} s", flush=True)
+            epochs, loss, checkpoint = run_package(args, Path(tmp), seed=42 + repeat)
+            package.append(epochs)
+            losses["package"].append(loss)
+            print(f"(b) vae-lightning run {repeat + 1}: {[round(e['train_s'], 2) for e in epochs]} s", flush=True)
+        gemm = gemm_peak(device, [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384])
+        print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3)", flush=True)
+        nll = run_nll(args, Path(tmp), checkpoint) if args.nll_samples else None
+
+    flops = train_flops_per_image(VANILLA_LAYERS) * EPOCH_IMAGES
+    roofline_s = flops / (gemm["gflops"] * 1e9)
+    b = statistics.median([t for run in package for t in per_epoch(run)])
+    b_eval = statistics.median([(e["epoch_s"] - e["train_s"]) for run in package for e in run[1:]])
+    result = {
+        "date": datetime.date.today().isoformat(), "machine": machine(), "device": str(device),
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
+        "limit_batches": args.limit_batches,
+        "repeats": args.repeats, "data": "continuous pixels x/255, BCE summed over pixels + KL, mean per image",
+        "package": {"train_s_per_epoch": b, "eval_s_per_epoch": b_eval, "final_train_loss": losses["package"]},
+        "gemm_peak_gflops": gemm["gflops"], "model_gflop_per_epoch": flops / 1e9, "roofline_s_per_epoch": roofline_s,
+        "roofline_fraction": roofline_s / b,
+    }  # fmt: skip
+    if reference:
+        a = statistics.median([t for run in reference for t in per_epoch(run)])
+        a_eval = statistics.median([(e["epoch_s"] - e["train_s"]) for run in reference for e in run[1:]])
+        result["reference"] = {"train_s_per_epoch": a, "eval_s_per_epoch": a_eval,
+                               "final_train_loss": losses["reference"]}  # fmt: skip
+        result["speedup"] = a / b
+    if nll:
+        result["test_nll"] = nll
+
+    print()
+    print(f"{'':34}{'s/epoch':>9}{'eval s':>9}{'final train loss':>20}")
+    if reference:
+        print(f"{'(a) pytorch/examples vae loop':34}{a:9.2f}{a_eval:9.2f}{_mean(losses['reference']):20.2f}")
+    print(f"{'(b) vae-lightning fit':34}{b:9.2f}{b_eval:9.2f}{_mean(losses['package']):20.2f}")
+    if reference:
+        print(f"speed-up (a)/(b): {a / b:.2f}x")
+    print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s = {roofline_s:.2f} s; "
+          f"(b) reaches {roofline_s / b:.0%} of it")  # fmt: skip
+    if nll:
+        extra = nll["peak_memory_mb"] - nll["memory_at_start_mb"]
+        print(f"test/nll, k={nll['k']} on {nll['images']:,} images: {nll['seconds']:.1f} s, peak memory "
+              f"{nll['peak_memory_mb']:.0f} MB ({nll['memory']}; {extra:.0f} MB above its start); "
+              f"nll {nll['test_nll']:.2f}")  # fmt: skip
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(line + "\n")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.chdir(REPO)
+    main()

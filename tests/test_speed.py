@@ -1,0 +1,99 @@
+"""The fast path (issue: speed): subnormals flushed on every CPU thread while a Trainer runs and restored
+after, torch's CUDA probe answered once, per-step logging only on logging steps, the cheaper training
+objective equal to the per-image one. Speed itself is measured by scripts/benchmark.py, not here."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
+from vae_lightning.speed import FlushSubnormals, remember_no_cuda_device, subnormals_flushed
+
+
+def flushed_share() -> float:
+    """Share of a multi-threaded elementwise product of 1e-20 * 1e-20 (subnormal) that comes out as 0."""
+    a = torch.full((1_000_000,), 1e-20)  # 1M elements: torch splits the product across its threads
+    return float((a * a == 0).float().mean())
+
+
+def test_subnormals_are_flushed_on_every_intra_op_thread_and_restored():
+    flushed_share()  # the OpenMP pool exists from here on, as in any process that has run torch
+    assert flushed_share() == 0.0 and not subnormals_flushed()
+    guard = FlushSubnormals()
+    assert guard.apply()
+    assert flushed_share() == 1.0 and subnormals_flushed()  # every thread's share, not only the caller's
+    guard.restore()
+    assert flushed_share() == 0.0 and not subnormals_flushed()
+
+
+def test_the_cuda_probe_keeps_torch_s_answer():
+    before = (torch.cuda.is_available(), torch.cuda.device_count())
+    remember_no_cuda_device()
+    assert (torch.cuda.is_available(), torch.cuda.device_count()) == before
+
+
+def tiny_run(tiny_mnist, tmp_path, **model_kwargs):
+    data_dir, checksums = tiny_mnist
+    torch.manual_seed(0)
+    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2, **model_kwargs)
+    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, eval_batch_size=40, download=False,
+                           checksums=checksums)  # fmt: skip
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.during = subnormals_flushed()
+
+    probe = Probe()
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=3, log_every_n_steps=4, logger=CSVLogger(tmp_path),
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      callbacks=[probe])  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return trainer, probe.during
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_fit_flushes_subnormals_only_while_it_runs_and_only_when_asked(tiny_mnist, tmp_path, flush):
+    _, during = tiny_run(tiny_mnist, tmp_path, flush_subnormals=flush)
+    assert during is flush
+    assert not subnormals_flushed()  # the process is left as it was
+
+
+def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_every_image(tiny_mnist, tmp_path):
+    trainer, _ = tiny_run(tiny_mnist, tmp_path)
+    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    logged_steps = [int(r["step"]) for r in rows if r["train/loss"]]
+    assert logged_steps == [3, 7, 11, 15, 19, 23, 27]  # 3 epochs x 10 steps, every 4th (0-based step)
+    epoch_means = [float(r["train/nelbo_epoch"]) for r in rows if r["train/nelbo_epoch"]]
+    assert len(epoch_means) == 3 and epoch_means[2] < epoch_means[0]
+
+
+def test_the_training_objective_is_the_batch_mean_of_the_per_image_terms():
+    torch.manual_seed(0)
+    model = VAELitModule(MLPEncoder(3, [32]), MLPDecoder(3, [32]), latent_dim=3, recon_weight=0.5, kl_weight=2.0)
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(1)
+    fast = model._train_terms(x)  # draws eps ~ N(0, I) of shape (16, 3) after encoding
+    torch.manual_seed(1)
+    _, per_image = model._terms(x, torch.randn(16, 3))
+    for name in ("loss", "recon", "kl", "nelbo"):
+        torch.testing.assert_close(fast[name], per_image[name].mean(), rtol=1e-6, atol=1e-4)
+
+
+def test_a_run_that_fails_leaves_the_float_state_as_it_was(tiny_mnist, tmp_path):
+    from probes import NaNAfter
+
+    from vae_lightning.module import NonFiniteLossError
+
+    data_dir, checksums = tiny_mnist
+    model = VAELitModule(NaNAfter(latent_dim=2, after=3), MLPDecoder(2, [64]), latent_dim=2)
+    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, download=False, checksums=checksums)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(model, datamodule=data)
+    assert not subnormals_flushed()
