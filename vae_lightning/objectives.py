@@ -42,6 +42,12 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     return mu + eps * torch.exp(0.5 * logvar)
 
 
+def log_prior_over_posterior(eps: Tensor, z: Tensor, logvar: Tensor) -> Tensor:
+    """log p(z) - log q(z | x) for z = mu + eps * sigma, diagonal Gaussians, per sample (...,); the
+    log(2 pi) terms cancel."""
+    return 0.5 * (eps.square() - z.square() + logvar).sum(-1)
+
+
 def log_importance_weights(
     x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Callable[[Tensor], Tensor], chunk_size: int
 ) -> Tensor:
@@ -65,9 +71,7 @@ def log_importance_weights(
             z = reparameterize(mu[b : b + image_step], logvar[b : b + image_step], e)  # (k, b, L)
             logits = decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])  # (k, b, 1, 28, 28)
             log_px_z = -bernoulli_nll(logits, x[b : b + image_step])  # (k, b)
-            # log p(z) - log q(z|x) for diagonal Gaussians; the log(2 pi) terms cancel.
-            log_pz_qz = 0.5 * (e.square() - z.square() + logvar[b : b + image_step]).sum(-1)  # (k, b)
-            columns.append(log_px_z + log_pz_qz)
+            columns.append(log_px_z + log_prior_over_posterior(e, z, logvar[b : b + image_step]))
         rows.append(torch.cat(columns, dim=1))
     return torch.cat(rows)
 
