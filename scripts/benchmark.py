@@ -191,19 +191,21 @@ def run_nll(args, workdir: Path, checkpoint: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- (a)
-def run_reference(args, seed: int) -> tuple[list[dict], float]:
+def run_reference(args, seed: int) -> list[dict]:
     import reference_vae
 
     with tempfile.TemporaryDirectory() as results:
-        epochs = reference_vae.run(str(args.data_dir), args.epochs, args.batch_size, args.device, seed,
-                                   results_dir=results, verbose=False, max_batches=args.limit_batches)  # fmt: skip
-    return epochs, epochs[-1]["train_loss"]
+        return reference_vae.run(str(args.data_dir), args.epochs, args.batch_size, args.device, seed,
+                                 results_dir=results, verbose=False, max_batches=args.limit_batches)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- main
-def per_epoch(epochs: list[dict], key: str = "train_s") -> list[float]:
-    """Seconds per 60,000 training images of every epoch but the first (warm-up)."""
-    return [e[key] * EPOCH_IMAGES / e["images"] for e in epochs[1:]]
+def summarise(runs: list[list[dict]]) -> tuple[float, float]:
+    """Medians, over every epoch but each run's first (warm-up), of the training seconds per 60,000 images
+    and of the evaluation seconds per epoch."""
+    epochs = [e for run in runs for e in run[1:]]
+    train = statistics.median(e["train_s"] * EPOCH_IMAGES / e["images"] for e in epochs)
+    return train, statistics.median(e["epoch_s"] - e["train_s"] for e in epochs)
 
 
 def main() -> None:
@@ -226,10 +228,10 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
 
-    from vae_lightning.data.files import MNIST_FILES, default_data_dir, ensure_mnist
+    from vae_lightning.data.files import default_data_dir, ensure_mnist
 
     args.data_dir = args.data_dir or default_data_dir()
-    ensure_mnist(args.data_dir, download=True, specs=MNIST_FILES, field="--data-dir")
+    ensure_mnist(args.data_dir, field="--data-dir")
     device = torch.device(args.device)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
 
@@ -238,9 +240,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             if not args.skip_reference:
-                epochs, loss = run_reference(args, seed=1 + repeat)
+                epochs = run_reference(args, seed=1 + repeat)
                 reference.append(epochs)
-                losses["reference"].append(loss)
+                losses["reference"].append(epochs[-1]["train_loss"])
                 print(f"(a) reference run {repeat + 1}: {[round(e['train_s'], 2) for e in epochs]} s", flush=True)
             epochs, loss, checkpoint = run_package(args, Path(tmp), seed=42 + repeat)
             package.append(epochs)
@@ -252,8 +254,7 @@ def main() -> None:
 
     flops = train_flops_per_image(VANILLA_LAYERS) * EPOCH_IMAGES
     roofline_s = flops / (gemm["gflops"] * 1e9)
-    b = statistics.median([t for run in package for t in per_epoch(run)])
-    b_eval = statistics.median([(e["epoch_s"] - e["train_s"]) for run in package for e in run[1:]])
+    b, b_eval = summarise(package)
     result = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "device": str(device),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
@@ -264,8 +265,7 @@ def main() -> None:
         "roofline_fraction": roofline_s / b,
     }  # fmt: skip
     if reference:
-        a = statistics.median([t for run in reference for t in per_epoch(run)])
-        a_eval = statistics.median([(e["epoch_s"] - e["train_s"]) for run in reference for e in run[1:]])
+        a, a_eval = summarise(reference)
         result["reference"] = {"train_s_per_epoch": a, "eval_s_per_epoch": a_eval,
                                "final_train_loss": losses["reference"]}  # fmt: skip
         result["speedup"] = a / b
@@ -275,8 +275,8 @@ def main() -> None:
     print()
     print(f"{'':34}{'s/epoch':>9}{'eval s':>9}{'final train loss':>20}")
     if reference:
-        print(f"{'(a) pytorch/examples vae loop':34}{a:9.2f}{a_eval:9.2f}{_mean(losses['reference']):20.2f}")
-    print(f"{'(b) vae-lightning fit':34}{b:9.2f}{b_eval:9.2f}{_mean(losses['package']):20.2f}")
+        print(f"{'(a) pytorch/examples vae loop':34}{a:9.2f}{a_eval:9.2f}{statistics.fmean(losses['reference']):20.2f}")
+    print(f"{'(b) vae-lightning fit':34}{b:9.2f}{b_eval:9.2f}{statistics.fmean(losses['package']):20.2f}")
     if reference:
         print(f"speed-up (a)/(b): {a / b:.2f}x")
     print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s = {roofline_s:.2f} s; "
@@ -291,10 +291,6 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(line + "\n")
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 import yaml
-from conftest import CONFIGS, REPO, VARIANTS
+from conftest import CONFIGS, VARIANTS
 
 from vae_lightning import VAELitModule
 

@@ -44,7 +44,7 @@ def read_metrics(log_root: Path, prefix: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_two_processes_fit_test_and_predict_exactly_like_one(tiny_config, tmp_path):
+def test_a_two_process_fit_gathers_experiments_and_two_processes_test_and_predict_like_one(tiny_config, tmp_path):
     base = ["--config", CONFIGS / "two_latent.yaml", "--config", tiny_config]
     experiments = tmp_path / "experiments.yaml"  # two experiments that gather the test posterior across ranks
     experiments.write_text(yaml.safe_dump({"trainer": {"callbacks": [
@@ -57,8 +57,7 @@ def test_two_processes_fit_test_and_predict_exactly_like_one(tiny_config, tmp_pa
     run = tmp_path / "logs" / "fit" / "version_0"
     assert sorted(p.name for p in (run / "figures").iterdir()) == [
         "exp_epsilon_sweep-epoch000.png", "exp_latent_scatter-epoch000.png"]  # fmt: skip
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("exp/") and v}
+    logged = read_metrics(tmp_path / "logs" / "fit", "exp/")
     checkpoint = run / "checkpoints" / "last.ckpt"
 
     # the figures' numbers from the gathered posterior equal a single process's on the same weights

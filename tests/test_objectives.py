@@ -13,7 +13,6 @@ from vae_lightning.objectives import (
     gaussian_kl,
     importance_weighted_bound,
     log_importance_weights,
-    reparameterize,
 )
 
 

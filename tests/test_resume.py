@@ -23,7 +23,9 @@ def assert_same_training(a: dict, b: dict) -> None:
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    for state_a, state_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+    states_a, states_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert states_a.keys() == states_b.keys() and len(states_a) > 0
+    for state_a, state_b in zip(states_a.values(), states_b.values(), strict=True):
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 

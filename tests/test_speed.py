@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
-from vae_lightning.speed import FlushSubnormals, remember_no_cuda_device, subnormals_flushed
+from vae_lightning.speed import remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
 
 
 def flushed_share() -> float:
@@ -24,10 +24,9 @@ def flushed_share() -> float:
 def test_subnormals_are_flushed_on_every_intra_op_thread_and_restored():
     flushed_share()  # the OpenMP pool exists from here on, as in any process that has run torch
     assert flushed_share() == 0.0 and not subnormals_flushed()
-    guard = FlushSubnormals()
-    assert guard.apply()
+    assert set_flush_subnormals(True)
     assert flushed_share() == 1.0 and subnormals_flushed()  # every thread's share, not only the caller's
-    guard.restore()
+    set_flush_subnormals(False)
     assert flushed_share() == 0.0 and not subnormals_flushed()
 
 
@@ -35,6 +34,8 @@ def test_the_cuda_probe_keeps_torch_s_answer():
     before = (torch.cuda.is_available(), torch.cuda.device_count())
     remember_no_cuda_device()
     assert (torch.cuda.is_available(), torch.cuda.device_count()) == before
+    if before == (False, 0):  # no device: the answer is now cached, so optimizer.step() stops probing NVML
+        assert torch.cuda._cached_device_count == 0
 
 
 def tiny_run(tiny_mnist, tmp_path, **model_kwargs):

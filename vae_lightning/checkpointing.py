@@ -14,6 +14,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae_lightning.atomic import atomic_path
 from vae_lightning.errors import ConfigError
 from vae_lightning.runs import run_dir
 
@@ -33,18 +34,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as out:
+            with atomic_path(target) as tmp, open(tmp, "wb") as out:
                 out.write(buffer.getbuffer())
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, target)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             kept = f"the previous {target.name} is intact" if target.exists() else "no earlier file was there"
             raise CheckpointWriteError(
                 f"could not write checkpoint {target}: {err.strerror or err} ({kept}). "

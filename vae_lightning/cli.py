@@ -11,7 +11,6 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vae_lightning.checkpointing import (
@@ -26,7 +25,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.module import NonFiniteLossError, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
-from vae_lightning.runs import run_dir
+from vae_lightning.runs import logger_root, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +155,7 @@ class VAECLI(LightningCLI):
         if last is not None and last.dirpath:
             where, found = Path(last.dirpath), Path(last.dirpath) / "last.ckpt"
         elif self.trainer.loggers:
-            logger = self.trainer.loggers[0]
-            where = Path(logger.save_dir or self.trainer.default_root_dir) / str(logger.name)
+            where = logger_root(self.trainer)
             found = find_last_checkpoint(where)
         else:
             where = Path(self.trainer.default_root_dir)

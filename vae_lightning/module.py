@@ -125,10 +125,10 @@ class VAELitModule(LightningModule):
         lr_scheduler_interval: `epoch` or `step`.
         nll_samples: importance samples per test image for `test/nll`.
         nll_chunk_size: at most this many (sample, image) pairs are decoded at once in `test/nll`,
-            which bounds its memory. On a CPU small chunks are also the fastest (the MLP: 256 pairs,
-            37 s and +190 MB for k = 1000 on 10,000 images; 2048 pairs, 45 s and +1.6 GB, most of it
-            freed memory the allocator keeps); the conv decoder holds ~90 KB per pair: use ~128.
-            On a GPU use thousands.
+            which bounds its memory. On a CPU small chunks are also the fastest (the vanilla MLP, k =
+            1000 on 10,000 images: 256 pairs 38.8 s and +33 MB; 2048 pairs, measured before the noise
+            came in blocks, 40.0 s and +2.3 GB, most of it freed memory the allocator keeps); the conv
+            decoder holds ~90 KB per pair: use ~128.
         eval_seed: seeds the per-image noise of validation and test.
         nonfinite: what a non-finite training loss does: `stop` the run (naming the step, the batch
             and the last good checkpoint) or `skip` that batch's update (with a warning). It is
@@ -142,7 +142,7 @@ class VAELitModule(LightningModule):
         train_samples: draws of z per training image (k).
         flush_subnormals: on a CPU, flush subnormal floats (below 1.2e-38) to zero while the Trainer
             runs (restored after): x86 cores process them on a slow path, and a VAE's saturated
-            border pixels make many (an epoch of the vanilla MLP: 2.0 s without, 1.44 s with).
+            border pixels make many (see `vae_lightning.speed`).
     """
 
     def __init__(
@@ -240,13 +240,12 @@ class VAELitModule(LightningModule):
         if k == 1 and self.objective == "elbo":  # the common case, without a sample dimension
             out = self(x)
             recon, kl = bernoulli_nll_mean(out.logits, x), gaussian_kl(out.mu, out.logvar).mean()
-            loss = _weighted(self.recon_weight, recon) + _weighted(self.kl_weight, kl)
-            return {"loss": loss, "recon": recon, "kl": kl, "nelbo": recon + kl}
-        mu, logvar = self.encoder(x)
-        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = reparameterize(mu, logvar, eps)  # (k, B, L)
-        log_px_z = -bernoulli_nll(self.decoder(z.flatten(0, 1)).unflatten(0, (k, len(x))), x)  # (k, B)
-        recon, kl = -log_px_z.mean(), gaussian_kl(mu, logvar).mean()
+        else:
+            mu, logvar = self.encoder(x)
+            eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+            z = reparameterize(mu, logvar, eps)  # (k, B, L)
+            log_px_z = -bernoulli_nll(self.decoder(z.flatten(0, 1)).unflatten(0, (k, len(x))), x)  # (k, B)
+            recon, kl = -log_px_z.mean(), gaussian_kl(mu, logvar).mean()
         if self.objective == "iwae":
             loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar)).mean()
         else:

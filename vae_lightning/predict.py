@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from vae_lightning.atomic import save_atomically
 from vae_lightning.distributed import gather_rows
 from vae_lightning.runs import run_dir
 
 log = logging.getLogger(__name__)
 KEYS = ("mu", "logvar", "label", "index")
-
-
-def save_atomically(obj: object, path: Path) -> None:
-    """torch.save to a temporary name beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class LatentWriter(Callback):

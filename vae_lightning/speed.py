@@ -5,9 +5,10 @@ Performance section and `scripts/benchmark.py`):
 
 - Subnormal floats. As a VAE trains, the decoder's logits of the always-black border pixels go
   far below zero, their sigmoids and gradients become subnormal (below 1.2e-38), and x86 cores
-  take a slow microcode path for every operation on them: an epoch slowed from 1.6 s to 2.0 s
-  over six epochs. Flushing subnormals to zero (the FTZ/DAZ flags, the default of TensorFlow and
-  XLA on CPUs) removes that: 1.44 s, flat. Values that small are zero for every purpose here.
+  take a slow microcode path for every operation on them: a bare training loop of the vanilla MLP
+  slowed from 1.52 s to 1.75 s per epoch over six epochs. Flushing subnormals to zero (the FTZ/DAZ
+  flags, the default of TensorFlow and XLA on CPUs) removes that: 1.42-1.48 s, flat. Values that
+  small are zero for every purpose here.
 - The CUDA probe. A CUDA build of torch on a machine without a GPU asks NVML for the device count
   on every `optimizer.step()` (its graph-capture health check, uncached until CUDA initialises),
   about 0.3 ms a step. Once torch has answered "no device", the answer is kept.
@@ -16,6 +17,7 @@ Performance section and `scripts/benchmark.py`):
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ def subnormals_flushed() -> bool:
     return bool((tiny * 1e-3).item() == 0.0)  # 1e-40 is subnormal: zero only when flushed
 
 
+@functools.cache
 def _openmp_parallel() -> Callable | None:
     """libgomp's `GOMP_parallel`, the entry point of `#pragma omp parallel`, from the OpenMP runtime torch
     loaded (LLVM's and Intel's runtimes export it too); None where there is none."""
@@ -65,24 +68,6 @@ def set_flush_subnormals(on: bool) -> bool:
     return bool(done) and all(done)
 
 
-class FlushSubnormals:
-    """Flush subnormal floats to zero in torch's CPU threads; `restore()` puts back the previous state."""
-
-    def __init__(self) -> None:
-        self.previous: bool | None = None
-
-    def apply(self) -> bool:
-        """Turn flushing on; False where the CPU cannot (then nothing changes)."""
-        if self.previous is None:
-            self.previous = subnormals_flushed()
-        return set_flush_subnormals(True)
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            set_flush_subnormals(self.previous)
-            self.previous = None
-
-
 def remember_no_cuda_device() -> None:
     """When torch sees no CUDA device, keep that answer, so `optimizer.step()` stops re-probing NVML.
 
@@ -92,7 +77,7 @@ def remember_no_cuda_device() -> None:
     cuda = torch.cuda
     if not hasattr(cuda, "_cached_device_count") or cuda._cached_device_count is not None:
         return
-    if cuda.is_available() or cuda.device_count() != 0:
+    if cuda.device_count() != 0:
         return
     cuda._cached_device_count = 0
 
@@ -102,16 +87,21 @@ class CPUFastPath(Callback):
     answered once. Restored when the run ends, normally or by an exception. `VAELitModule` adds it."""
 
     def __init__(self, flush_subnormals: bool = True) -> None:
-        self.flush_subnormals, self._flush = flush_subnormals, FlushSubnormals()
+        self.flush_subnormals = flush_subnormals
+        self._flushed_before: bool | None = None  # the state to restore, while flushing is on
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if trainer.strategy.root_device.type == "cpu":
-            if self.flush_subnormals:
-                self._flush.apply()
-            remember_no_cuda_device()
+        if trainer.strategy.root_device.type != "cpu":
+            return
+        if self.flush_subnormals and self._flushed_before is None:
+            self._flushed_before = subnormals_flushed()
+            set_flush_subnormals(True)
+        remember_no_cuda_device()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._flush.restore()
+        if self._flushed_before is not None:
+            set_flush_subnormals(self._flushed_before)
+            self._flushed_before = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._flush.restore()  # a failed run skips `teardown`
+        self.teardown(trainer, pl_module, "")  # a failed run skips `teardown`

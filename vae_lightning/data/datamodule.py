@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -12,7 +11,15 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torchvision.datasets import MNIST
 
-from vae_lightning.data.files import MNIST_FILES, FileSpec, check_data_dir, check_file, default_data_dir, ensure_mnist
+from vae_lightning.data.files import (
+    MNIST_FILES,
+    FileSpec,
+    check_data_dir,
+    check_file,
+    default_data_dir,
+    ensure_mnist,
+    raw_dir,
+)
 from vae_lightning.data.loaders import ShardedBatchSampler, TensorBatchLoader, mix_seed
 from vae_lightning.errors import ConfigError
 
@@ -96,7 +103,7 @@ class MNISTDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test, or several stages: load once
             return
-        raw = Path(self.data_dir) / "MNIST" / "raw"
+        raw = raw_dir(self.data_dir)
         problems = [f"{spec.name} {why}" for spec in self.files if (why := check_file(raw / spec.name, spec))]
         if problems:
             raise ConfigError(

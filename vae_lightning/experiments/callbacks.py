@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,13 +43,16 @@ class ExperimentData:
     images: Tensor  # (N, 1, 28, 28) float pixels in [0, 1], CPU
     labels: Tensor  # (N,)
     data_dir: str
-    posterior: tuple[Tensor, Tensor] | None = None  # (mu, logvar), each (N, L), when an experiment needs them
-    _classifier: DigitClassifier | None = field(default=None, repr=False)
+    posterior: tuple[Tensor, Tensor] | None = None  # (mu, logvar), each (N, L), once an experiment needed them
 
     def judge(self, pixels: Tensor) -> Judgement:
-        if self._classifier is None:
-            self._classifier = digit_classifier(os.fspath(self.data_dir))[0]
-        return judge(self._classifier, pixels)
+        return judge(digit_classifier(self.data_dir)[0], pixels)
+
+    def posterior_of(self, model) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) of every image under `model`, encoded once (callbacks gather it across ranks first)."""
+        if self.posterior is None:
+            self.posterior = compute.encode_images(model, self.images)
+        return self.posterior
 
     def first_of_digit(self, digit: int) -> int:
         hits = (self.labels == digit).nonzero()
@@ -60,6 +64,22 @@ class ExperimentData:
     def from_datamodule(cls, datamodule) -> ExperimentData:
         images, labels = datamodule.splits["test"]
         return cls(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
+
+
+_shared: tuple[weakref.ref, ExperimentData] | None = None  # (trainer, data) of the current validation epoch
+
+
+def epoch_data(trainer: Trainer, module: LightningModule, posterior: bool) -> ExperimentData:
+    """The test split for this validation epoch, built once and shared by every experiment callback; with
+    `posterior`, also its posterior under the current weights, gathered across ranks (call on every rank).
+    Every experiment forgets it when a validation epoch starts."""
+    global _shared
+    if _shared is None or _shared[0]() is not trainer:
+        _shared = (weakref.ref(trainer), ExperimentData.from_datamodule(trainer.datamodule))
+    data = _shared[1]
+    if posterior and data.posterior is None:
+        data.posterior = sharded_posterior(module, data.images)  # every rank: gathers
+    return data
 
 
 def sharded_posterior(module: LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,15 +126,17 @@ class Experiment(Callback):
         if trainer.is_global_zero:  # train (or load) the digit classifier now, not in the middle of training
             digit_classifier(os.fspath(trainer.datamodule.data_dir))
 
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        global _shared
+        _shared = None  # new weights since the last epoch's data: see `epoch_data`
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         if self.skip_reason(pl_module) is not None:
             return
         folder = figure_dir(trainer)  # every rank: trainer.log_dir broadcasts
-        data = ExperimentData.from_datamodule(trainer.datamodule)
-        if self.uses_posterior:
-            data.posterior = sharded_posterior(pl_module, data.images)  # every rank: gathers
+        data = epoch_data(trainer, pl_module, self.uses_posterior)
         if not trainer.is_global_zero:
             return
         was_training = pl_module.training
@@ -155,12 +177,11 @@ class Reconstructions(Experiment):
     def run(self, model, data: ExperimentData) -> Outcome:
         shown = list(self.indices) if self.indices else [data.first_of_digit(d) for d in range(10) if (data.labels == d).any()]
         originals = data.images[[_check_index("indices", i, data) for i in shown]]
-        mu, _ = compute.encode_images(model, originals)
-        figure = render.image_rows(torch.stack([originals, compute.decode_latents(model, mu)]),
+        figure = render.image_rows(torch.stack([originals, compute.reconstruct(model, originals)]),
                                    "test images (top) and reconstructions decode(mu) (bottom)",
                                    row_labels=["x", "decode(mu)"])  # fmt: skip
         images, labels = data.images[: self.measured], data.labels[: self.measured]
-        reconstructions = compute.decode_latents(model, compute.encode_images(model, images)[0])
+        reconstructions = compute.reconstruct(model, images)
         judged = data.judge(reconstructions)
         return Outcome(figure, {
             "pixel_error": (images - reconstructions).abs().mean().item(),
@@ -204,7 +225,7 @@ class EpsilonSweep(Experiment):
         figure = render.image_rows(decodings.unsqueeze(0), f"z = mu + eps * sigma, test image {self.image_index}, "
                                    f"spread {spread:.4f}", col_labels=[f"{e:.2f}" for e in self.eps.tolist()])  # fmt: skip
         judged = data.judge(decodings)
-        posterior = data.posterior if data.posterior is not None else compute.encode_images(model, data.images)
+        posterior = data.posterior_of(model)
         others = compute.decode_latents(model, posterior[0][:20])  # reconstructions of 20 different images
         return Outcome(figure, {
             "spread": spread,
@@ -249,14 +270,14 @@ class LatentTraversal(Experiment):
         dims = list(self.dims) if self.dims else list(range(model.latent_dim))
         image = data.images[_check_index("image_index", self.image_index, data)]
         rows = compute.latent_traversal(model, image, dims, self.values)  # (D, S, 1, 28, 28)
-        reconstruction = compute.decode_latents(model, compute.encode_images(model, image.unsqueeze(0))[0])
+        reconstruction = compute.reconstruct(model, image.unsqueeze(0))
         figure = render.image_rows(rows, f"one latent swept, the rest at mu (test image {self.image_index})",
                                    row_labels=[f"z[{d}]" for d in dims],
                                    col_labels=[f"{v + 0.0:.1f}" for v in self.values.tolist()])  # fmt: skip
         judged = data.judge(rows.flatten(0, 1))
         original = data.judge(reconstruction).digit[0]
         digits = judged.digit.view(len(dims), -1)
-        others = compute.decode_latents(model, compute.encode_images(model, data.images[:100])[0])
+        others = compute.reconstruct(model, data.images[:100])
         return Outcome(figure, {
             "same_class": (judged.digit == original).float().mean().item(),
             "class_changes": sum(measures.class_changes(row)[0] for row in digits) / len(dims),
@@ -376,7 +397,7 @@ class LatentScatter(Experiment):
         self.max_points, self.knn_k, self.grid = max_points, knn_k, grid
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        mu = (data.posterior if data.posterior is not None else compute.encode_images(model, data.images))[0]
+        mu = data.posterior_of(model)[0]
         labels = data.labels
         if self.max_points is not None:
             mu, labels = mu[: self.max_points], labels[: self.max_points]

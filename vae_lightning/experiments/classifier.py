@@ -178,7 +178,7 @@ def cached_classifier(
     classifier, report = train_classifier(images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu())
     log.info("digit classifier: test accuracy %.4f, test digits clear %.4f, non-digits rejected %.4f",
              report["test_accuracy"], report["test_clear"], report["noise_rejected"])  # fmt: skip
-    from vae_lightning.predict import save_atomically
+    from vae_lightning.atomic import save_atomically
 
     save_atomically({"state_dict": classifier.state_dict(), "report": report}, path)
     return classifier, report

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
+from vae_lightning.atomic import atomic_path
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError
 from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
@@ -122,10 +123,8 @@ def run_experiments(
         "skipped": skipped,
         "definitions": definitions,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".measures.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out / "measures.json")
+    with atomic_path(out / "measures.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 

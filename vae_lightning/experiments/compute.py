@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vae_lightning.objectives import reparameterize
+
 
 @torch.no_grad()
 def encode_images(model, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
@@ -21,10 +23,15 @@ def decode_latents(model, z: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat([model.decode(chunk.to(model.device)).cpu() for chunk in z.split(batch_size)])
 
 
+def reconstruct(model, images: Tensor) -> Tensor:
+    """decode(mu) of images (N, 1, 28, 28): pixel probabilities (N, 1, 28, 28)."""
+    return decode_latents(model, encode_images(model, images)[0])
+
+
 def epsilon_sweep(model, image: Tensor, eps: Tensor) -> Tensor:
     """Decodings (S, 1, 28, 28) of z = mu + eps_s * sigma, the same eps_s in every dimension."""
     mu, logvar = encode_images(model, image.unsqueeze(0))  # (1, L)
-    z = mu + eps.view(-1, 1) * torch.exp(0.5 * logvar)  # (S, L)
+    z = reparameterize(mu, logvar, eps.view(-1, 1))  # (S, L)
     return decode_latents(model, z)
 
 
@@ -40,7 +47,7 @@ def latent_traversal(model, image: Tensor, dims: list[int], values: Tensor) -> T
 def interpolation(model, image_a: Tensor, image_b: Tensor, steps: int, eps: Tensor) -> Tensor:
     """Decodings (steps, 1, 28, 28) of the line from z1 = mu1 + eps * sigma1 to z2 = mu2 + eps * sigma2."""
     mu, logvar = encode_images(model, torch.stack([image_a, image_b]))  # (2, L)
-    z1, z2 = mu + eps * torch.exp(0.5 * logvar)  # one shared eps (L,)
+    z1, z2 = reparameterize(mu, logvar, eps)  # one shared eps (L,)
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
     return decode_latents(model, (1 - t) * z1 + t * z2)
 

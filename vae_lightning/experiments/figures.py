@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vae_lightning.atomic import atomic_path
 from vae_lightning.runs import run_dir
 
 
@@ -60,14 +61,11 @@ def publish(trainer: Trainer, key: str, figure: Figure, folder: Path) -> Path:
             logger.experiment.add_image(key, rgb, global_step=step, dataformats="HWC")
         elif isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[rgb], step=step)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', key)}-epoch{trainer.current_epoch:03d}.png"
     write_png(figure, path)
     return path
 
 
 def write_png(figure: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
