@@ -17,7 +17,7 @@ apart. The roofline fraction is (b)'s matrix-multiply FLOPs per epoch / (its sec
 peak). Then `test/nll` (k importance samples on the 10,000 test images) is timed on (b)'s last
 checkpoint, with its peak memory. The last line printed is JSON with every number.
 
-    python scripts/benchmark.py                     # CPU: about 3 minutes on 2 cores
+    python scripts/benchmark.py                     # CPU: about 1.5 minutes on 2 cores (81 s measured)
     python scripts/benchmark.py --device cuda
 """
 

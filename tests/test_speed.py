@@ -98,3 +98,58 @@ def test_a_run_that_fails_leaves_the_float_state_as_it_was(tiny_mnist, tmp_path)
     with pytest.raises(NonFiniteLossError):
         trainer.fit(model, datamodule=data)
     assert not subnormals_flushed()
+
+
+def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist, tmp_path):
+    """The epoch mean is over images, so a short last batch counts for its size (250 images in batches of 40)."""
+    data_dir, checksums = tiny_mnist
+    torch.manual_seed(0)
+    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2)
+    data = MNISTDataModule(str(data_dir), batch_size=40, val_size=50, download=False, checksums=checksums)
+
+    class Record(Callback):
+        def __init__(self):
+            self.batches: list[tuple[float, int]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches.append((float(outputs["loss"]), len(batch[0])))
+
+    record = Record()
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, callbacks=[record])  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    sizes = [n for _, n in record.batches]
+    assert sizes == [40] * 6 + [10]
+    expected = sum(loss * n for loss, n in record.batches) / sum(sizes)
+    unweighted = sum(loss for loss, _ in record.batches) / len(sizes)
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-6)
+    assert abs(expected - unweighted) > 1e-3  # the weighting is what the comparison checks
+
+
+def test_optimizer_zero_grad_sets_none_and_respects_an_optimizer_s_own_zero_grad():
+    model = VAELitModule(MLPEncoder(2, [8]), MLPDecoder(2, [8]), latent_dim=2)
+
+    def with_grads():
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+
+    with_grads()
+    model.optimizer_zero_grad(0, 0, torch.optim.Adam(model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+    class ZeroingSGD(torch.optim.SGD):  # an optimizer with its own zero_grad: it must be the one called
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            super().zero_grad(set_to_none=False)
+
+    with_grads()
+    model.optimizer_zero_grad(0, 0, ZeroingSGD(model.parameters(), lr=0.1))
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_the_direct_write_of_lightning_s_hook_name_leaves_module_registration_alone():
+    model = VAELitModule(MLPEncoder(2, [8]), MLPDecoder(2, [8]), latent_dim=2)
+    model._current_fx_name = "training_step"
+    assert model._current_fx_name == "training_step" and "_current_fx_name" in vars(model)
+    model.extra = torch.nn.Linear(2, 2)  # every other attribute still goes through nn.Module
+    model.scale = torch.nn.Parameter(torch.ones(1))
+    assert "extra" in dict(model.named_modules()) and "scale" in dict(model.named_parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ from conftest import CONFIGS
 
 WANDB = CONFIGS / "logger" / "wandb.yaml"
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # looks like an API key; must never be written anywhere
+
+
+def finished_records(path: Path, timeout: float = 30.0) -> list:
+    """The records of a run's transaction log once it holds the run's exit record: W&B's service process
+    writes the file, and may still be writing it when `wandb.finish()` has returned (seen: 0 records)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path) if path.stat().st_size > 7 else []
+        if any(r.HasField("exit") for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def wandb_records(path: Path) -> list:
@@ -65,7 +77,7 @@ def test_an_offline_run_holds_metrics_by_step_config_images_and_no_key(run_cli, 
         wandb.finish()
     (run,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
     run_id = run.name.rsplit("-", 1)[1]
-    records = wandb_records(next(run.glob("run-*.wandb")))
+    records = finished_records(next(run.glob("run-*.wandb")))
 
     config = {item.key: json.loads(item.value_json) for r in records if r.HasField("config") for item in r.config.update}
     resolved = config["config"]  # the full resolved CLI config
