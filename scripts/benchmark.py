@@ -86,6 +86,7 @@ class Stopwatch(Callback):
     def __init__(self) -> None:
         self.epochs: list[dict] = []
         self.test: dict = {}
+        self.test_images = 0
 
     def _now(self, pl_module) -> float:
         sync(pl_module.device)

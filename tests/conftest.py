@@ -111,3 +111,17 @@ def run_cli(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["vae-lightning"])  # pytest's own arguments are not ours
     monkeypatch.setenv("VAE_LIGHTNING_DATA_DIR", str(tmp_path / "default-data-dir"))
     return lambda *args, run=True: cli(list(map(os.fspath, args)), run=run)
+
+
+def cli_error(run_cli, capsys, *args, code: int = 2) -> str:
+    """Run the CLI expecting it to exit with `code` (2: refused input, 1: a run that stopped); its stderr."""
+    with pytest.raises(SystemExit) as done:
+        run_cli(*args)
+    assert done.value.code == code
+    return capsys.readouterr().err
+
+
+def subprocess_env(cwd: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess: tests/ importable (probes.py), no default data dir reachable."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 import yaml
-from conftest import CONFIGS, VARIANTS
+from conftest import CONFIGS, VARIANTS, cli_error
 
 from vae_lightning import VAELitModule
 
@@ -21,13 +21,6 @@ def printed_config(run_cli, capsys, *configs, extra=()) -> dict:
         run_cli(*args)
     assert done.value.code in (None, 0)
     return yaml.safe_load(capsys.readouterr().out)
-
-
-def error_of(run_cli, capsys, *args) -> str:
-    with pytest.raises(SystemExit) as done:
-        run_cli(*args)
-    assert done.value.code == 2
-    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize("subcommand", [None, "fit", "validate", "test", "predict"])
@@ -142,20 +135,20 @@ def test_last_ckpt_holds_the_final_epoch_even_when_the_best_is_earlier(run_cli, 
     ],
 )
 def test_bad_input_is_refused_before_training_with_the_field_named(run_cli, capsys, tiny_config, args, expected):
-    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, *args)
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, *args)
     assert expected in err
     assert "Traceback" not in err
 
 
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
     (tmp_path / "a-file").write_text("")
-    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
                    "--data.data_dir", tmp_path / "a-file")  # fmt: skip
     assert "data.data_dir=" in err and "is a file, not a folder" in err
 
 
 def test_an_unwritable_data_dir_is_refused_when_files_are_needed(run_cli, capsys, tiny_config):
-    err = error_of(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
                    "--data.data_dir", "/sys/vae-lightning-test", "--data.download", "true")  # fmt: skip
     assert "data.data_dir='/sys/vae-lightning-test' is not writable" in err
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, subprocess_env
 
 from vae_lightning.experiments.command import main as experiments_main
 
@@ -22,8 +22,7 @@ DDP_CPU = ["--config", CONFIGS / "trainer" / "ddp_cpu.yaml"]  # 2 processes over
 
 def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int = 0) -> str:
     """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env(cwd)
     command = [sys.executable, "-m", "vae_lightning", *map(os.fspath, args)]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)  # fmt: skip

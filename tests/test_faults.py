@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, cli_error, subprocess_env
 
 TWO = ["--config", CONFIGS / "two_latent.yaml"]
 
@@ -23,16 +22,9 @@ def fit_once(run_cli, tiny_config, tmp_path, *extra) -> Path:
     return tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def stopped(run_cli, capsys, *args, code=2) -> str:
-    with pytest.raises(SystemExit) as done:
-        run_cli(*args)
-    assert done.value.code == code
-    return capsys.readouterr().err
-
-
 def test_a_non_finite_loss_stops_the_run_before_it_updates_the_weights(run_cli, capsys, tiny_config, tmp_path):
     # NaNAfter (tests/probes.py) breaks on its 7th training call: global step 6, epoch 1, batch 1
-    err = stopped(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3",
+    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3",
                   "--model.encoder", "probes.NaNAfter", "--model.encoder.init_args.after", "7", code=1)  # fmt: skip
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
     assert "non-finite loss at global step 6 (epoch 1, batch 1 of the epoch; loss=nan" in err
@@ -57,7 +49,7 @@ def test_nonfinite_skip_skips_the_bad_updates_and_finishes(run_cli, tiny_config,
 
 def test_resuming_with_a_config_of_another_architecture_is_refused(run_cli, capsys, tiny_config, tmp_path):
     fit_once(run_cli, tiny_config, tmp_path)  # a 2-latent MLP, logged as "two_latent"
-    err = stopped(run_cli, capsys, "fit", "--config", CONFIGS / "cnn.yaml", "--config", tiny_config, "--ckpt_path",
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "cnn.yaml", "--config", tiny_config, "--ckpt_path",
                   "last", "--trainer.logger.init_args.name", "two_latent")  # fmt: skip
     assert "architecture does not fit the model built from the config (latent_dim=2 in the checkpoint, 20 in" in err
     assert "encoder MLPEncoder in the checkpoint, ConvEncoder in the config" in err
@@ -89,7 +81,7 @@ def test_a_damaged_checkpoint_is_refused_saying_which(run_cli, capsys, tiny_conf
         checkpoint.write_bytes(data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :])
     else:
         checkpoint = checkpoint.with_name("gone.ckpt")
-    err = stopped(run_cli, capsys, "test", *TWO, "--config", tiny_config, "--ckpt_path", checkpoint)
+    err = cli_error(run_cli, capsys, "test", *TWO, "--config", tiny_config, "--ckpt_path", checkpoint)
     expected = {"truncated": "is truncated or corrupted", "flipped": "fails its checksum", "missing": "is not a file"}
     assert str(checkpoint) in err and expected[damage] in err
 
@@ -107,13 +99,13 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(run_cli, 
     content = torch.load(checkpoint, weights_only=True)
     content["planted"] = Planted(str(tmp_path / "code-ran"))
     torch.save(content, checkpoint)
-    err = stopped(run_cli, capsys, "test", *TWO, "--config", tiny_config, "--ckpt_path", checkpoint)
+    err = cli_error(run_cli, capsys, "test", *TWO, "--config", tiny_config, "--ckpt_path", checkpoint)
     assert "holds more than tensors and plain data, so it was not loaded" in err
     assert not (tmp_path / "code-ran").exists()
 
 
 def test_an_unwritable_checkpoint_folder_stops_with_a_clear_error(run_cli, capsys, tiny_config, tmp_path):
-    err = stopped(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "1",
+    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "1",
                   "--last_checkpoint.dirpath", "/sys/vae-lightning-test", code=1)  # sysfs: no new files, even for root
     assert "could not write checkpoint /sys/vae-lightning-test/last.ckpt" in err and "make" in err
 
@@ -124,8 +116,7 @@ def test_a_write_failure_keeps_the_previous_checkpoint_intact(tiny_config, tmp_p
     folder = tmp_path / "fixed"
     common = [sys.executable, "-m", "vae_lightning", "fit", *map(str, TWO), "--config", str(tiny_config),
               "--last_checkpoint.dirpath", str(folder), "--checkpoint.save_top_k", "0"]  # fmt: skip
-    env = {**os.environ, "VAE_LIGHTNING_DATA_DIR": str(tmp_path / "unused"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env(tmp_path)
     first = subprocess.run([*common, "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=240)  # fmt: skip
     assert first.returncode == 0, first.stderr[-2000:]

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, cli_error
 from test_ddp import cli_subprocess
 
 BASE = ["--config", CONFIGS / "two_latent.yaml", "--data.binarize", "dynamic"]  # every random stream in play
@@ -60,7 +60,5 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_and_finishes_th
 
 
 def test_resuming_with_nothing_to_resume_is_refused(run_cli, capsys, tiny_config, tmp_path):
-    with pytest.raises(SystemExit) as refused:
-        run_cli("fit", *BASE, "--config", tiny_config, "--ckpt_path", "last")
-    err = capsys.readouterr().err
-    assert refused.value.code == 2 and "--ckpt_path last: no last.ckpt under" in err and "nothing to resume" in err
+    err = cli_error(run_cli, capsys, "fit", *BASE, "--config", tiny_config, "--ckpt_path", "last")  # exit code 2
+    assert "--ckpt_path last: no last.ckpt under" in err and "nothing to resume" in err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, cli_error
 
 WANDB = CONFIGS / "logger" / "wandb.yaml"
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # looks like an API key; must never be written anywhere
@@ -120,15 +120,14 @@ def test_online_without_an_api_key_is_refused_before_training(run_cli, tiny_conf
     for name in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    with pytest.raises(SystemExit) as refused:
-        run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", WANDB)
-    err = capsys.readouterr().err
-    assert refused.value.code == 2 and "run `wandb login`" in err and "WANDB_MODE=offline" in err
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config,
+                    "--config", WANDB)  # exit code 2
+    assert "run `wandb login`" in err and "WANDB_MODE=offline" in err
     assert not (tmp_path / "logs").exists()  # refused before anything was written
 
 
 def test_log_model_offline_is_refused_with_the_fix(run_cli, tiny_config, capsys, offline):
-    with pytest.raises(SystemExit) as refused:
-        run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", WANDB,
-                "--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.log_model", "true")  # fmt: skip
-    assert refused.value.code == 2 and "set log_model: false for an offline run" in capsys.readouterr().err
+    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config,
+                    "--config", WANDB, "--trainer.logger.init_args.offline", "true",
+                    "--trainer.logger.init_args.log_model", "true")  # fmt: skip  (exit code 2)
+    assert "set log_model: false for an offline run" in err

@@ -34,8 +34,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         target = Path(path)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
+        buffer = io.BytesIO()  # serialised in memory first: torch.save's zip writer turns a failed file
+        torch.save(checkpoint, buffer)  # write (e.g. a full disk) into a RuntimeError without the OS's reason
         try:
             with atomic_path(target) as tmp, open(tmp, "wb") as out:
                 out.write(buffer.getbuffer())

@@ -232,8 +232,11 @@ class VAELitModule(LightningModule):
         """The per-image terms (B,) of the objective for a batch."""
         out = self(x, eps)
         recon, kl = bernoulli_nll(out.logits, x), gaussian_kl(out.mu, out.logvar)  # (B,) each
-        loss = self.recon_weight * recon + self.kl_weight * kl
-        return out, {"loss": loss, "recon": recon, "kl": kl, "nelbo": recon + kl}
+        return out, {"loss": self._weighted_loss(recon, kl), "recon": recon, "kl": kl, "nelbo": recon + kl}
+
+    def _weighted_loss(self, recon: Tensor, kl: Tensor) -> Tensor:
+        """recon_weight * recon + kl_weight * kl, without the multiplications by a weight of 1."""
+        return _weighted(self.recon_weight, recon) + _weighted(self.kl_weight, kl)
 
     def _train_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Batch means (scalars) of the training objective and its parts (recon averaged over the samples)."""
@@ -250,7 +253,7 @@ class VAELitModule(LightningModule):
         if self.objective == "iwae":
             loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar)).mean()
         else:
-            loss = _weighted(self.recon_weight, recon) + _weighted(self.kl_weight, kl)
+            loss = self._weighted_loss(recon, kl)
         return {"loss": loss, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
     @torch.no_grad()
@@ -335,9 +338,9 @@ class VAELitModule(LightningModule):
     def _logging_step(self) -> bool:
         """Whether the Trainer writes this step's metrics to the loggers (every `log_every_n_steps`).
 
-        `self.log` costs about 0.1 ms a call on a CPU (a fifth of a step of the vanilla MLP at batch
-        128), so per-step values are logged only on the steps that reach a logger; the epoch means
-        (`train/<term>_epoch`) still count every image."""
+        Logging the five per-step values on every step cost ~1.3 ms a step on a 2-core CPU (the
+        vanilla MLP at batch 128: 2.2 s an epoch against 1.6 s), so they are logged only on the steps
+        that reach a logger; the epoch means (`train/<term>_epoch`) still count every image."""
         trainer = self.trainer
         connector = getattr(trainer, "_logger_connector", None)
         if connector is None or trainer.fast_dev_run:  # pragma: no cover - Lightning internals moved
