@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 import yaml
 from conftest import CONFIGS, VARIANTS, cli_error
 
 from vae_lightning import VAELitModule
+from vae_lightning.predict import LatentWriter
+from vae_lightning.progress import TimedProgressBar
+from vae_lightning.speed import NoProfiler
 
 
 def printed_config(run_cli, capsys, *configs, extra=()) -> dict:
@@ -172,16 +176,38 @@ def bars(cli) -> list:
     return [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
 
 
-def test_the_progress_bar_redraws_every_10th_step_and_gives_way(run_cli, tiny_config):
+def test_the_progress_bar_redraws_by_the_clock_and_gives_way(run_cli, tiny_config):
     args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.enable_progress_bar")
     [bar] = bars(run_cli(*args, "true", run=False))
-    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 10
-    [bar] = bars(run_cli(*args, "true", "--progress_bar.refresh_rate", "1", run=False))
-    assert bar.refresh_rate == 1
+    assert type(bar) is TimedProgressBar and (bar.refresh_rate, bar.refresh_seconds) == (1, 0.1)
+    [bar] = bars(run_cli(*args, "true", "--progress_bar.refresh_seconds", "0", "--progress_bar.refresh_rate", "4",
+                         run=False))  # fmt: skip
+    assert (bar.refresh_rate, bar.refresh_seconds) == (4, 0)
     assert bars(run_cli(*args, "false", run=False)) == []  # no bar, and no clash with enable_progress_bar
     own = '[{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}]'
     [bar] = bars(run_cli(*args, "true", "--trainer.callbacks", own, run=False))  # the config's own bar alone
-    assert bar.refresh_rate == 3
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 3
+
+
+def test_without_a_profiler_hooks_enter_no_generator_and_a_configured_one_records(run_cli, tiny_config):
+    args = ("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run", "true")
+    plain = run_cli(*args)
+    assert type(plain.trainer.profiler) is NoProfiler and isinstance(plain.trainer.profiler, PassThroughProfiler)
+    assert plain.trainer.profiler.profile("a") is plain.trainer.profiler.profile("b")  # one shared no-op
+    assert not any(isinstance(c, LatentWriter) for c in plain.trainer.callbacks)  # the writer is predict's alone
+    simple = run_cli(*args, "--trainer.profiler", "simple")
+    recorded = simple.trainer.profiler.recorded_durations
+    assert type(simple.trainer.profiler) is SimpleProfiler and recorded["[Strategy]SingleDeviceStrategy.training_step"]
+
+
+def test_the_timed_bar_redraws_at_most_every_refresh_seconds_and_always_at_the_end():
+    assert "_should_update" in vars(TQDMProgressBar)  # the method Lightning asks before each redraw
+    slow, every = TimedProgressBar(refresh_seconds=3600), TimedProgressBar(refresh_rate=2, refresh_seconds=0)
+    assert [n for n in range(1, 11) if slow._should_update(n, 10)] == [1, 10]  # the first, then the last
+    assert [n for n in range(1, 8) if every._should_update(n, 7)] == [2, 4, 6, 7]  # Lightning's rule
+    assert not TimedProgressBar(refresh_rate=0)._should_update(1, 1)  # hidden
+    with pytest.raises(ValueError, match="refresh_seconds"):
+        TimedProgressBar(refresh_seconds=-1)
 
 
 def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(run_cli, tiny_config, tmp_path):

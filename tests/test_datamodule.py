@@ -57,6 +57,15 @@ def test_batches_are_float_pixels_with_labels_and_every_image_once_per_epoch(tin
     assert torch.equal(index, torch.arange(30)) and torch.equal(y, dm.splits["test"][1][:30])
 
 
+def test_batches_already_on_the_device_pass_as_they_are_others_are_moved(tiny_mnist):
+    dm = make(tiny_mnist)
+    batch = next(iter(dm.train_dataloader()))
+    same = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert all(a is b for a, b in zip(same, batch))  # no copy, no walk
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)  # a device CI has: Lightning's move
+    assert [t.device.type for t in moved] == ["meta", "meta"] and moved[0].shape == batch[0].shape
+
+
 def test_shuffling_changes_with_the_epoch_and_is_reproducible(tiny_mnist):
     loader = make(tiny_mnist).train_dataloader()
     first, again, second = epoch(loader, 0), epoch(loader, 0), epoch(loader, 1)

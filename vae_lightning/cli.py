@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -25,7 +25,9 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.module import NonFiniteLossError, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
+from vae_lightning.progress import TimedProgressBar
 from vae_lightning.runs import logger_root, run_dir
+from vae_lightning.speed import NoProfiler
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +89,22 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # `predict` writes <log_dir>/latents_<split>.pt; configurable as `predictions.*`.
         parser.add_lightning_class_args(LatentWriter, "predictions")
-        # Lightning's default bar redraws every step, ~0.4 ms a step on a CPU (a tenth of a vanilla
-        # MLP step at batch 128): redraw every 10th. `--progress_bar.refresh_rate 1` for every step.
-        parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
-        parser.set_defaults({"progress_bar.refresh_rate": 10})
+        # Lightning's default bar redraws every step, ~0.4 ms each on a CPU (a tenth of a vanilla MLP
+        # step at batch 128): this one at most every `progress_bar.refresh_seconds` (0.1 s).
+        parser.add_lightning_class_args(TimedProgressBar, "progress_bar")
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out the `progress_bar.*` bar when the trainer has none (`enable_progress_bar: false`)
-        or its callbacks bring their own."""
+        or its callbacks bring their own, and the `predictions.*` writer outside `predict` (Lightning
+        calls every callback at every hook, ~8 hooks a training step); without a profiler configured,
+        `vae_lightning.speed.NoProfiler`."""
         own = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if own or config.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
+            callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
+        if self.subcommand != "predict":
+            callbacks = [c for c in callbacks if not isinstance(c, LatentWriter)]
+        if config.get("profiler") is None:  # nothing to record: the same, ~50 hook calls a step cheaper
+            config = {**config, "profiler": NoProfiler()}
         return super()._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:

@@ -254,7 +254,8 @@ class VAELitModule(LightningModule):
             loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar)).mean()
         else:
             loss = self._weighted_loss(recon, kl)
-        return {"loss": loss, "recon": recon, "kl": kl, "nelbo": recon + kl}
+        unweighted = self.objective == "elbo" and self.recon_weight == self.kl_weight == 1.0
+        return {"loss": loss, "recon": recon, "kl": kl, "nelbo": loss if unweighted else recon + kl}
 
     @torch.no_grad()
     def _accumulate(self, stage: str, values: Sequence[Tensor], count: int, weight: int = 1) -> None:
@@ -319,6 +320,12 @@ class VAELitModule(LightningModule):
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 parameter.grad = None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, skipped outright when none is configured (it runs every step)."""
+        if gradient_clip_val is None and not self.trainer.gradient_clip_val:
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[Callback]:
         """The CPU fast path (`vae_lightning.speed`) for as long as the Trainer runs."""

@@ -150,6 +150,13 @@ class MNISTDataModule(LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def transfer_batch_to_device(self, batch: tuple[Tensor, ...], device: torch.device, dataloader_idx: int):
+        """Batches are gathered where their split lives: on `device` already, they pass as they are
+        (Lightning's generic move walks the batch every step), else they are moved."""
+        if all(t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: Split, train: bool) -> TensorBatchLoader:
         """Training batches are (pixels, labels); evaluation batches add the images' indices."""

@@ -99,6 +99,8 @@ class TensorBatchLoader:
         if images.dtype != torch.uint8 or images.dim() != 3:
             raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images, self.labels = images, labels
+        # bytes / 255 in one op, float32 whatever torch's default dtype (a float32 0-dim divisor sets it)
+        self._255 = torch.tensor(255.0, dtype=torch.float32, device=images.device)
         # DataLoader-like attributes: Lightning calls `sampler.set_epoch` each epoch through them.
         self.sampler = self.batch_sampler = sampler
         self.dynamic_binarization, self.seed, self.with_index = dynamic_binarization, seed, with_index
@@ -123,7 +125,7 @@ class TensorBatchLoader:
         for number, index in enumerate(self.sampler):
             if number < skip:
                 continue
-            pixels = self.images.index_select(0, index).unsqueeze(1).float().div_(255.0)  # (B, 1, 28, 28)
+            pixels = self.images.index_select(0, index).unsqueeze(1).div(self._255)  # float32 (B, 1, 28, 28)
             if generator is not None:
                 generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
