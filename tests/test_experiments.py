@@ -151,7 +151,7 @@ def test_the_command_refuses_a_bad_checkpoint(run_cli, tiny_config, tmp_path, ca
         experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert refused.value.code == 2 and str(checkpoint) in err
-    assert ("is not a file" if damage == "missing" else "could not be loaded") in err
+    assert ("is not a file" if damage == "missing" else "is truncated or corrupted") in err
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,7 @@
 """The fast path (issue: speed): subnormals flushed on every CPU thread while a Trainer runs and restored
 after, torch's CUDA probe answered once, per-step logging only on logging steps, the cheaper training
-objective equal to the per-image one. Speed itself is measured by scripts/benchmark.py, not here."""
+objective equal to the per-image one, gradient clipping skipped only when none is configured. Speed
+itself is measured by scripts/benchmark.py, not here."""
 
 from __future__ import annotations
 
@@ -153,3 +154,35 @@ def test_the_direct_write_of_lightning_s_hook_name_leaves_module_registration_al
     model.extra = torch.nn.Linear(2, 2)  # every other attribute still goes through nn.Module
     model.scale = torch.nn.Parameter(torch.ones(1))
     assert "extra" in dict(model.named_modules()) and "scale" in dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("clip", [None, ("norm", 0.5), ("value", 0.01)])
+def test_gradient_clipping_is_applied_when_configured_and_skipped_when_not(tiny_mnist, clip):
+    data_dir, checksums = tiny_mnist
+    torch.manual_seed(0)
+    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2)
+    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, download=False, checksums=checksums)
+
+    class Grads(Callback):  # the gradients the update used (after Lightning's clipping; Adam leaves them as they are)
+        def on_train_start(self, trainer, pl_module):
+            self.norms, self.largest = [], []
+            trainer.optimizers[0].register_step_post_hook(self.record)
+
+        def record(self, optimizer, args, kwargs):
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+            self.norms.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+            self.largest.append(max(float(g.abs().max()) for g in grads))
+
+    grads = Grads()
+    algorithm, value = clip or (None, None)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      callbacks=[grads], gradient_clip_val=value, gradient_clip_algorithm=algorithm)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert len(grads.norms) == 4
+    if clip is None:
+        assert min(grads.norms) > 0.5 and min(grads.largest) > 0.01  # so the clipped runs below have work to do
+    elif algorithm == "norm":
+        assert max(grads.norms) <= 0.5 * (1 + 1e-5)
+    else:
+        assert max(grads.largest) <= 0.01

@@ -20,6 +20,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from vae_lightning.atomic import atomic_path
+from vae_lightning.checkpointing import check_checkpoint_file
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError
 from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
@@ -32,9 +33,7 @@ log = logging.getLogger(__name__)
 
 def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
     """The model of a checkpoint (no code runs on load) and the checkpoint's other contents."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"--ckpt_path {str(path)!r} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
+    path = check_checkpoint_file(ckpt_path)  # missing, truncated, corrupted or code-carrying: refused by name
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
