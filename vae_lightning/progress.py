@@ -12,7 +12,7 @@ class TimedProgressBar(TQDMProgressBar):
     """Lightning's `TQDMProgressBar`, redrawn at most every `refresh_seconds` (and on each loop's last
     batch), so it costs the same share of a run whatever the speed: a redraw takes ~0.4 ms (tqdm's
     formatting and the metrics), which every 10th step of the vanilla MLP on a 2-core CPU (~280 steps
-    a second) was ~1% of training, and on a GPU at ~1,500 steps a second would be ~6%.
+    a second) was ~1% of training; by the clock it is ~10 redraws a second at any step rate.
 
     Args:
         refresh_rate: redraw at most every this many batches (0 hides the bar), as Lightning's.

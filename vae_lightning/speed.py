@@ -1,7 +1,6 @@
-"""Process settings that make training on a CPU faster; `VAELitModule` applies them while it runs.
-
-Both were found by profiling the vanilla MLP at batch 128 on a 2-core Xeon (see the README's
-Performance section and `scripts/benchmark.py`):
+"""Settings that make training faster, found by profiling the vanilla MLP at batch 128 on a 2-core
+Xeon (see the README's Performance section and `scripts/benchmark.py`). `VAELitModule` applies the
+first and the last (`CPUFastPath`) while a Trainer runs on a CPU; the CLI uses `NoProfiler`.
 
 - Subnormal floats. As a VAE trains, the decoder's logits of the always-black border pixels go
   far below zero, their sigmoids and gradients become subnormal (below 1.2e-38), and x86 cores
@@ -11,9 +10,8 @@ Performance section and `scripts/benchmark.py`):
   small are zero for every purpose here.
 - Lightning's "no profiler". With `profiler=None` every hook call (~50 a training step: each
   callback's hooks, the module's, the strategy's) still enters `PassThroughProfiler.profile`, a
-  generator-based context manager, ~0.75 us each in a micro-benchmark and several times that in a
-  training step. `NoProfiler` answers with one shared `nullcontext` (~0.15 us); the CLI uses it
-  when no profiler is configured.
+  generator-based context manager, ~0.75 us each in a micro-benchmark. `NoProfiler` answers with
+  one shared `nullcontext` (~0.15 us); the CLI uses it when no profiler is configured.
 - The CUDA probe. A CUDA build of torch on a machine without a GPU asks NVML for the device count
   on every `optimizer.step()` (its graph-capture health check, uncached until CUDA initialises),
   about 0.3 ms a step. Once torch has answered "no device", the answer is kept.
