@@ -1,7 +1,8 @@
 """The fast path (issue: speed): subnormals flushed on every CPU thread while a Trainer runs and restored
-after, torch's CUDA probe answered once, per-step logging only on logging steps, the cheaper training
-objective equal to the per-image one, gradient clipping skipped only when none is configured. Speed
-itself is measured by scripts/benchmark.py, not here."""
+after, torch's CUDA probe answered once, callbacks' no-op batch hooks skipped while nothing is profiled,
+per-step logging only on logging steps, the cheaper training objective equal to the per-image one,
+gradient clipping skipped only when none is configured. Speed itself is measured by
+scripts/benchmark.py, not here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
-from vae_lightning.speed import remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
+from vae_lightning.speed import BATCH_HOOKS, remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
 
 
 def flushed_share() -> float:
@@ -65,6 +66,53 @@ def test_a_fit_flushes_subnormals_only_while_it_runs_and_only_when_asked(tiny_mn
     assert not subnormals_flushed()  # the process is left as it was
 
 
+class HookCounter(Callback):
+    """Overrides two batch hooks (counted) and leaves the other ten as Callback's no-ops."""
+
+    def __init__(self):
+        self.calls = {"on_train_batch_start": 0, "on_validation_batch_end": 0}
+        self.seen: dict[str, object] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.calls["on_train_batch_start"] += 1
+        self.seen = {hook: vars(self).get(hook, "class") for hook in BATCH_HOOKS}  # the instance mid-run
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.calls["on_validation_batch_end"] += 1
+
+
+def counted_fit(tiny_mnist, tmp_path, **trainer_kwargs):
+    data_dir, checksums = tiny_mnist
+    model = VAELitModule(MLPEncoder(2, [16]), MLPDecoder(2, [16]), latent_dim=2)
+    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, eval_batch_size=25, download=False,
+                           checksums=checksums)  # fmt: skip
+    counter = HookCounter()
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=2, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      num_sanity_val_steps=0, callbacks=[counter], **trainer_kwargs)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return counter
+
+
+def test_no_op_batch_hooks_are_skipped_during_a_run_and_overridden_ones_still_run(tiny_mnist, tmp_path):
+    counter = counted_fit(tiny_mnist, tmp_path)
+    assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
+    overridden = {"on_train_batch_start", "on_validation_batch_end"}
+    assert counter.seen == {hook: "class" if hook in overridden else None for hook in BATCH_HOOKS}
+    assert not set(BATCH_HOOKS) & set(vars(counter))  # after the run the instance is as it was
+    assert counter.on_before_backward(None, None, None) is None  # Callback's no-op again
+
+
+def test_under_a_profiler_every_callback_hook_is_called_and_recorded(tiny_mnist, tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")
+    counter = counted_fit(tiny_mnist, tmp_path, profiler=profiler)
+    assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
+    assert all(value == "class" for value in counter.seen.values())  # nothing skipped
+    assert len(profiler.recorded_durations["[Callback]HookCounter.on_before_backward"]) == 3
+
+
 def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_every_image(tiny_mnist, tmp_path):
     trainer, _ = tiny_run(tiny_mnist, tmp_path)
     rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
@@ -86,7 +134,7 @@ def test_the_training_objective_is_the_batch_mean_of_the_per_image_terms():
         torch.testing.assert_close(fast[name], per_image[name].mean(), rtol=1e-6, atol=1e-4)
 
 
-def test_a_run_that_fails_leaves_the_float_state_as_it_was(tiny_mnist, tmp_path):
+def test_a_run_that_fails_leaves_the_float_state_and_the_callbacks_as_they_were(tiny_mnist, tmp_path):
     from probes import NaNAfter
 
     from vae_lightning.module import NonFiniteLossError
@@ -94,11 +142,14 @@ def test_a_run_that_fails_leaves_the_float_state_as_it_was(tiny_mnist, tmp_path)
     data_dir, checksums = tiny_mnist
     model = VAELitModule(NaNAfter(latent_dim=2, after=3), MLPDecoder(2, [64]), latent_dim=2)
     data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, download=False, checksums=checksums)
+    counter = HookCounter()
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+                      enable_model_summary=False, enable_checkpointing=False, callbacks=[counter])  # fmt: skip
     with pytest.raises(NonFiniteLossError):
         trainer.fit(model, datamodule=data)
     assert not subnormals_flushed()
+    assert counter.seen["on_train_batch_end"] is None  # skipped while it ran
+    assert not set(BATCH_HOOKS) & set(vars(counter))  # and restored when it failed
 
 
 def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist, tmp_path):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vae_lightning.data.loaders import mix_seed
 from vae_lightning.errors import ConfigError
 from vae_lightning.nets.contract import check_networks
-from vae_lightning.speed import CPUFastPath
+from vae_lightning.speed import FastPath
 from vae_lightning.objectives import (
     bernoulli_nll,
     bernoulli_nll_mean,
@@ -327,8 +327,8 @@ class VAELitModule(LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The CPU fast path (`vae_lightning.speed`) for as long as the Trainer runs."""
-        return [CPUFastPath(flush_subnormals=self.flush_subnormals)]
+        """The fast path (`vae_lightning.speed`) for as long as the Trainer runs."""
+        return [FastPath(flush_subnormals=self.flush_subnormals)]
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         x = batch[0]
