@@ -10,29 +10,17 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from builders import quiet_trainer, tiny_data, tiny_model
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
 from vae_lightning.experiments import EXPERIMENTS, LatentManifold
 from vae_lightning.experiments.callbacks import ExperimentData
 from vae_lightning.experiments.command import main as experiments_main
 
 
-def model(latent_dim=2) -> VAELitModule:
-    torch.manual_seed(0)
-    return VAELitModule(MLPEncoder(latent_dim, [64]), MLPDecoder(latent_dim, [64]), latent_dim=latent_dim)
-
-
-def datamodule(tiny_mnist) -> MNISTDataModule:
-    data_dir, checksums = tiny_mnist
-    return MNISTDataModule(data_dir=str(data_dir), checksums=checksums, val_size=50, batch_size=25, download=False)
-
-
 def fit(tiny_mnist, logger, callbacks, epochs=1, latent_dim=2):
-    m, dm = model(latent_dim), datamodule(tiny_mnist)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=logger, callbacks=callbacks,
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    m, dm = tiny_model(latent_dim), tiny_data(tiny_mnist)
+    trainer = quiet_trainer(max_epochs=epochs, logger=logger, callbacks=callbacks)
     trainer.fit(m, datamodule=dm)
     return trainer, m, dm
 

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+from builders import quiet_trainer, tiny_data, tiny_model
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
@@ -14,25 +15,16 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.objectives import bernoulli_nll, gaussian_kl
 
 
-def model(latent_dim=2, **kwargs) -> VAELitModule:
-    torch.manual_seed(0)
-    return VAELitModule(MLPEncoder(latent_dim, [64]), MLPDecoder(latent_dim, [64]), latent_dim=latent_dim, **kwargs)
-
-
 def datamodule(tiny_mnist, **kwargs) -> MNISTDataModule:
-    data_dir, checksums = tiny_mnist
-    kwargs = {"val_size": 50, "batch_size": 25, "eval_batch_size": 40, "download": False, **kwargs}
-    return MNISTDataModule(data_dir=str(data_dir), checksums=checksums, **kwargs)
+    return tiny_data(tiny_mnist, **{"eval_batch_size": 40, **kwargs})
 
 
 def trainer(tmp_path, **kwargs) -> Trainer:
-    kwargs = {"accelerator": "cpu", "devices": 1, "logger": CSVLogger(tmp_path), "enable_progress_bar": False,
-              "enable_model_summary": False, "enable_checkpointing": False, **kwargs}  # fmt: skip
-    return Trainer(**kwargs)
+    return quiet_trainer(**{"logger": CSVLogger(tmp_path), **kwargs})
 
 
 def test_public_methods_have_the_documented_shapes_and_ranges():
-    m = model(latent_dim=3)
+    m = tiny_model(latent_dim=3)
     x = torch.rand(4, 1, 28, 28)
     mu, logvar = m.encode(x)
     assert mu.shape == logvar.shape == (4, 3)
@@ -46,7 +38,7 @@ def test_public_methods_have_the_documented_shapes_and_ranges():
 
 @pytest.mark.parametrize(("recon_weight", "kl_weight", "pure"), [(0.0, 1.0, "kl"), (1.0, 0.0, "recon"), (2.0, 0.5, None)])
 def test_weights_scale_the_terms_and_zero_leaves_the_pure_term(recon_weight, kl_weight, pure):
-    m = model(recon_weight=recon_weight, kl_weight=kl_weight)
+    m = tiny_model(recon_weight=recon_weight, kl_weight=kl_weight)
     x = torch.rand(8, 1, 28, 28)
     eps = torch.randn(8, 2)
     out, terms = m._terms(x, eps)
@@ -60,7 +52,7 @@ def test_weights_scale_the_terms_and_zero_leaves_the_pure_term(recon_weight, kl_
 
 def test_the_loss_still_reaches_every_parameter_when_a_weight_is_zero():
     # DDP needs a gradient for every parameter: a zero weight must give zeros, not missing grads.
-    m = model(recon_weight=0.0)
+    m = tiny_model(recon_weight=0.0)
     loss = m._terms(torch.rand(4, 1, 28, 28))[1]["loss"].mean()
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
@@ -68,7 +60,7 @@ def test_the_loss_still_reaches_every_parameter_when_a_weight_is_zero():
 
 
 def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tmp_path):
-    m, dm = model(nll_samples=16), datamodule(tiny_mnist)
+    m, dm = tiny_model(nll_samples=16), datamodule(tiny_mnist)
     (metrics,) = trainer(tmp_path).test(m, datamodule=dm, verbose=False)
     # recompute by hand over the whole test split, one image at a time
     images = dm.splits["test"][0].float().div(255).unsqueeze(1)
@@ -81,7 +73,7 @@ def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tm
 
 
 def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path):
-    m = model(nll_samples=8)
+    m = tiny_model(nll_samples=8)
     results = [trainer(tmp_path).test(m, datamodule=datamodule(tiny_mnist, eval_batch_size=size), verbose=False)[0]
                for size in (7, 100)]  # fmt: skip
     for key in ("test/nelbo", "test/nll", "test/kl"):
@@ -89,7 +81,7 @@ def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path
 
 
 def test_training_lowers_the_validation_nelbo_and_logs_exact_epoch_means(tiny_mnist, tmp_path):
-    m, dm = model(), datamodule(tiny_mnist)
+    m, dm = tiny_model(), datamodule(tiny_mnist)
     t = trainer(tmp_path, max_epochs=3, log_every_n_steps=1)
     before = t.validate(m, datamodule=dm, verbose=False)[0]["val/nelbo"]
     t = trainer(tmp_path, max_epochs=3, log_every_n_steps=1)
@@ -103,7 +95,7 @@ def test_training_lowers_the_validation_nelbo_and_logs_exact_epoch_means(tiny_mn
 
 
 def test_a_python_built_model_reloads_with_its_networks_given(tiny_mnist, tmp_path):
-    m, dm = model(latent_dim=3, kl_weight=0.5), datamodule(tiny_mnist)
+    m, dm = tiny_model(latent_dim=3, kl_weight=0.5), datamodule(tiny_mnist)
     t = trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
     t.fit(m, datamodule=dm)
     path = t.checkpoint_callback.best_model_path

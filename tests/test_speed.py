@@ -10,10 +10,11 @@ import csv
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from builders import quiet_trainer, tiny_data, tiny_model
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
+from vae_lightning import MLPDecoder, MLPEncoder, VAELitModule
 from vae_lightning.speed import BATCH_HOOKS, remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
 
 
@@ -41,20 +42,14 @@ def test_the_cuda_probe_keeps_torch_s_answer():
 
 
 def tiny_run(tiny_mnist, tmp_path, **model_kwargs):
-    data_dir, checksums = tiny_mnist
-    torch.manual_seed(0)
-    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2, **model_kwargs)
-    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, eval_batch_size=40, download=False,
-                           checksums=checksums)  # fmt: skip
+    model, data = tiny_model(**model_kwargs), tiny_data(tiny_mnist, eval_batch_size=40)
 
     class Probe(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.during = subnormals_flushed()
 
     probe = Probe()
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=3, log_every_n_steps=4, logger=CSVLogger(tmp_path),
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      callbacks=[probe])  # fmt: skip
+    trainer = quiet_trainer(max_epochs=3, log_every_n_steps=4, logger=CSVLogger(tmp_path), callbacks=[probe])
     trainer.fit(model, datamodule=data)
     return trainer, probe.during
 
@@ -81,21 +76,16 @@ class HookCounter(Callback):
         self.calls["on_validation_batch_end"] += 1
 
 
-def counted_fit(tiny_mnist, tmp_path, **trainer_kwargs):
-    data_dir, checksums = tiny_mnist
-    model = VAELitModule(MLPEncoder(2, [16]), MLPDecoder(2, [16]), latent_dim=2)
-    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, eval_batch_size=25, download=False,
-                           checksums=checksums)  # fmt: skip
+def counted_fit(tiny_mnist, **trainer_kwargs):
     counter = HookCounter()
-    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=2, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      num_sanity_val_steps=0, callbacks=[counter], **trainer_kwargs)  # fmt: skip
-    trainer.fit(model, datamodule=data)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
+                            callbacks=[counter], **trainer_kwargs)  # fmt: skip
+    trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist, eval_batch_size=25))
     return counter
 
 
-def test_no_op_batch_hooks_are_skipped_during_a_run_and_overridden_ones_still_run(tiny_mnist, tmp_path):
-    counter = counted_fit(tiny_mnist, tmp_path)
+def test_no_op_batch_hooks_are_skipped_during_a_run_and_overridden_ones_still_run(tiny_mnist):
+    counter = counted_fit(tiny_mnist)
     assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
     overridden = {"on_train_batch_start", "on_validation_batch_end"}
     assert counter.seen == {hook: "class" if hook in overridden else None for hook in BATCH_HOOKS}
@@ -107,7 +97,7 @@ def test_under_a_profiler_every_callback_hook_is_called_and_recorded(tiny_mnist,
     from lightning.pytorch.profilers import SimpleProfiler
 
     profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")
-    counter = counted_fit(tiny_mnist, tmp_path, profiler=profiler)
+    counter = counted_fit(tiny_mnist, profiler=profiler)
     assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
     assert all(value == "class" for value in counter.seen.values())  # nothing skipped
     assert len(profiler.recorded_durations["[Callback]HookCounter.on_before_backward"]) == 3
@@ -134,30 +124,23 @@ def test_the_training_objective_is_the_batch_mean_of_the_per_image_terms():
         torch.testing.assert_close(fast[name], per_image[name].mean(), rtol=1e-6, atol=1e-4)
 
 
-def test_a_run_that_fails_leaves_the_float_state_and_the_callbacks_as_they_were(tiny_mnist, tmp_path):
+def test_a_run_that_fails_leaves_the_float_state_and_the_callbacks_as_they_were(tiny_mnist):
     from probes import NaNAfter
 
     from vae_lightning.module import NonFiniteLossError
 
-    data_dir, checksums = tiny_mnist
-    model = VAELitModule(NaNAfter(latent_dim=2, after=3), MLPDecoder(2, [64]), latent_dim=2)
-    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, download=False, checksums=checksums)
+    model = tiny_model(encoder=NaNAfter(latent_dim=2, after=3))
     counter = HookCounter()
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, callbacks=[counter])  # fmt: skip
     with pytest.raises(NonFiniteLossError):
-        trainer.fit(model, datamodule=data)
+        quiet_trainer(max_epochs=1, callbacks=[counter]).fit(model, datamodule=tiny_data(tiny_mnist))
     assert not subnormals_flushed()
     assert counter.seen["on_train_batch_end"] is None  # skipped while it ran
     assert not set(BATCH_HOOKS) & set(vars(counter))  # and restored when it failed
 
 
-def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist, tmp_path):
+def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist):
     """The epoch mean is over images, so a short last batch counts for its size (250 images in batches of 40)."""
-    data_dir, checksums = tiny_mnist
-    torch.manual_seed(0)
-    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2)
-    data = MNISTDataModule(str(data_dir), batch_size=40, val_size=50, download=False, checksums=checksums)
+    model, data = tiny_model(), tiny_data(tiny_mnist, batch_size=40)
 
     class Record(Callback):
         def __init__(self):
@@ -167,8 +150,7 @@ def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist, tmp_path
             self.batches.append((float(outputs["loss"]), len(batch[0])))
 
     record = Record()
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, callbacks=[record])  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1, callbacks=[record])
     trainer.fit(model, datamodule=data)
     sizes = [n for _, n in record.batches]
     assert sizes == [40] * 6 + [10]
@@ -209,10 +191,7 @@ def test_the_direct_write_of_lightning_s_hook_name_leaves_module_registration_al
 
 @pytest.mark.parametrize("clip", [None, ("norm", 0.5), ("value", 0.01)])
 def test_gradient_clipping_is_applied_when_configured_and_skipped_when_not(tiny_mnist, clip):
-    data_dir, checksums = tiny_mnist
-    torch.manual_seed(0)
-    model = VAELitModule(MLPEncoder(2, [64]), MLPDecoder(2, [64]), latent_dim=2)
-    data = MNISTDataModule(str(data_dir), batch_size=25, val_size=50, download=False, checksums=checksums)
+    model, data = tiny_model(), tiny_data(tiny_mnist)
 
     class Grads(Callback):  # the gradients the update used (after Lightning's clipping; Adam leaves them as they are)
         def on_train_start(self, trainer, pl_module):
@@ -226,9 +205,8 @@ def test_gradient_clipping_is_applied_when_configured_and_skipped_when_not(tiny_
 
     grads = Grads()
     algorithm, value = clip or (None, None)
-    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      callbacks=[grads], gradient_clip_val=value, gradient_clip_algorithm=algorithm)  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, callbacks=[grads],
+                            gradient_clip_val=value, gradient_clip_algorithm=algorithm)  # fmt: skip
     trainer.fit(model, datamodule=data)
     assert len(grads.norms) == 4
     if clip is None:

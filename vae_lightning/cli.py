@@ -95,9 +95,8 @@ class VAECLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out the `progress_bar.*` bar when the trainer has none (`enable_progress_bar: false`)
-        or its callbacks bring their own, and the `predictions.*` writer outside `predict` (Lightning
-        calls every callback at every hook, 6 hooks a training step); without a profiler configured,
-        `vae_lightning.speed.NoProfiler`."""
+        or its callbacks bring their own, and the `predictions.*` writer outside `predict` (it has
+        nothing to do there); without a profiler configured, `vae_lightning.speed.NoProfiler`."""
         own = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if own or config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
