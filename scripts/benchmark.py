@@ -6,18 +6,22 @@ In one process, on one machine, with the same model (784-400-20-400-784 MLP), ba
   (a) `reference_vae.py`: pytorch/examples' `vae/main.py` as written there (torchvision MNIST,
       DataLoader, ToTensor, `.item()` every batch);
   (b) the package: `vae-lightning fit --config configs/vanilla.yaml` in-process through the CLI,
-      with the figure callbacks replaced by a stopwatch and the config's own logger (CSV);
-  (c) a float32 matrix-multiply probe: this machine's GEMM peak.
+      with the figure callbacks replaced by a stopwatch and the config's own logger (CSV); the
+      config trains with `train_matmul_precision: medium` (float32 matmuls on bfloat16 inputs), so
+      (b32), the same with `--model.train_matmul_precision highest`, shows the full-float32 speed;
+  (c) a float32 matrix-multiply probe: this machine's GEMM peak at full precision ("highest"), and
+      at (b)'s training precision.
 
 Times are seconds of training per epoch of 60,000 images (the package holds 5,000 out for
 validation and trains on 55,000, so its time is scaled by 60,000/55,000), the median over every
 epoch but each run's first (warm-up), over `--repeats` runs of each, run alternately. The
 evaluation passes (the reference's test set, the package's validation and checkpoints) are timed
 apart. The roofline fraction is (b)'s matrix-multiply FLOPs per epoch / (its seconds x the GEMM
-peak). Then `test/nll` (k importance samples on the 10,000 test images) is timed on (b)'s last
-checkpoint, with its peak memory. The last line printed is JSON with every number.
+peak): against the full-precision peak, and against the peak of the precision it trains with.
+Then `test/nll` (k importance samples on the 10,000 test images, in float32) is timed on (b)'s
+last checkpoint, with its peak memory. The last line printed is JSON with every number.
 
-    python scripts/benchmark.py                     # CPU: about 1.5 minutes on 2 cores (81 s measured)
+    python scripts/benchmark.py                     # CPU: about 2 minutes on 2 cores
     python scripts/benchmark.py --device cuda
 """
 
@@ -42,9 +46,18 @@ PIXELS, EPOCH_IMAGES = 784, 60_000
 
 
 # ---------------------------------------------------------------------------------------------- (c)
-def gemm_peak(device: torch.device, sizes: list[int], repeats: int = 5) -> dict:
-    """Best median float32 GFLOP/s of square matmuls (TF32 off: the full-precision peak)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+def gemm_peak(device: torch.device, sizes: list[int], precision: str = "highest", repeats: int = 5) -> dict:
+    """Best median float32 GFLOP/s of square matmuls at `torch.set_float32_matmul_precision(precision)`
+    ("highest": the full-precision peak; "medium": bfloat16 inputs allowed, float32 accumulation)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        return _gemm_peak(device, sizes, repeats)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _gemm_peak(device: torch.device, sizes: list[int], repeats: int) -> dict:
     best = {"gflops": 0.0, "size": 0}
     for n in sizes:
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -169,10 +182,20 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
     ]  # fmt: skip
 
 
-def run_package(args, workdir: Path, seed: int) -> tuple[list[dict], float, str]:
+def config_precision() -> str:
+    """The vanilla config's `model.train_matmul_precision` (null: torch's default, "highest")."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "vanilla.yaml").read_text())
+    return config["model"].get("train_matmul_precision") or "highest"
+
+
+def run_package(args, workdir: Path, seed: int, precision: str | None = None) -> tuple[list[dict], float, str]:
+    """One `fit`; `precision` overrides the config's `train_matmul_precision`."""
     from vae_lightning.cli import cli
 
-    done = cli(package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed)])
+    extra = ["--model.train_matmul_precision", precision] if precision else []
+    done = cli(package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed), *extra])  # fmt: skip
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
     loss = float(done.trainer.callback_metrics["train/loss_epoch"])
     last = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
@@ -221,6 +244,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first of each is warm-up")
     parser.add_argument("--repeats", type=int, default=2, help="runs of (a) and of (b), alternated")
     parser.add_argument("--skip-reference", action="store_true", help="time (b) and (c) only")
+    parser.add_argument("--skip-full-precision", action="store_true",
+                        help="leave out (b32), the package at train_matmul_precision highest")  # fmt: skip
     parser.add_argument("--nll-samples", type=int, default=1000, help="k for the test/nll timing; 0 skips it")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding MNIST/raw (default: $VAE_LIGHTNING_DATA_DIR or the user cache)")  # fmt: skip
@@ -241,54 +266,78 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
 
-    reference, package, losses = [], [], {"reference": [], "package": []}
+    precision = config_precision()
+    arms = {"package": None}  # arm -> the train_matmul_precision it overrides the config's with
+    if precision != "highest" and not args.skip_full_precision:
+        arms["package_full_float32"] = "highest"
+    runs: dict[str, list[list[dict]]] = {"reference": [], **{arm: [] for arm in arms}}
+    losses: dict[str, list[float]] = {arm: [] for arm in runs}
+    names = {"reference": "(a) pytorch/examples vae loop", "package": f"(b) vae-lightning fit ({precision})",
+             "package_full_float32": "(b32) the same at highest"}  # fmt: skip
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             if not args.skip_reference:
                 epochs = run_reference(args, seed=1 + repeat)
-                reference.append(epochs)
+                runs["reference"].append(epochs)
                 losses["reference"].append(epochs[-1]["train_loss"])
-                print(f"(a) reference run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
+                print(f"{names['reference']}, run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
                       flush=True)  # fmt: skip
-            epochs, loss, checkpoint = run_package(args, Path(tmp), seed=42 + repeat)
-            package.append(epochs)
-            losses["package"].append(loss)
-            print(f"(b) vae-lightning run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
-                  flush=True)  # fmt: skip
-        gemm = gemm_peak(device, [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384])
-        print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3)", flush=True)
+            for arm, override in arms.items():
+                epochs, loss, last = run_package(args, Path(tmp), seed=42 + repeat, precision=override)
+                checkpoint = last if arm == "package" else checkpoint
+                runs[arm].append(epochs)
+                losses[arm].append(loss)
+                print(f"{names[arm]}, run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
+                      flush=True)  # fmt: skip
+        sizes = [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384]
+        gemm = gemm_peak(device, sizes)
+        print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
+        gemm_train = gemm_peak(device, sizes, precision) if precision != "highest" else gemm
+        if precision != "highest":
+            print(f"(c) GEMM peak at (b)'s train_matmul_precision {precision}: {gemm_train['gflops']:.1f} GFLOP/s "
+                  f"(float32 in and out, {gemm_train['size']}^3)", flush=True)  # fmt: skip
         nll = run_nll(args, Path(tmp), checkpoint) if args.nll_samples else None
 
     flops = train_flops_per_image(VANILLA_LAYERS) * EPOCH_IMAGES
     roofline_s = flops / (gemm["gflops"] * 1e9)
-    b, b_eval = summarise(package)
+    roofline_train_s = flops / (gemm_train["gflops"] * 1e9)
+    timed = {arm: summarise(epochs) for arm, epochs in runs.items() if epochs}
+    b = timed["package"][0]
     result = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "device": str(device),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
         "limit_batches": args.limit_batches,
         "repeats": args.repeats, "data": "continuous pixels x/255, BCE summed over pixels + KL, mean per image",
-        "package": {"train_s_per_epoch": b, "eval_s_per_epoch": b_eval, "final_train_loss": losses["package"]},
+        "train_matmul_precision": precision,
+        **{arm: {"train_s_per_epoch": train, "eval_s_per_epoch": evaluation, "final_train_loss": losses[arm]}
+           for arm, (train, evaluation) in timed.items()},
         "gemm_peak_gflops": gemm["gflops"], "model_gflop_per_epoch": flops / 1e9, "roofline_s_per_epoch": roofline_s,
         "roofline_fraction": roofline_s / b,
+        "gemm_peak_train_precision_gflops": gemm_train["gflops"],
+        "roofline_fraction_train_precision": roofline_train_s / b,
     }  # fmt: skip
-    if reference:
-        a, a_eval = summarise(reference)
-        result["reference"] = {"train_s_per_epoch": a, "eval_s_per_epoch": a_eval,
-                               "final_train_loss": losses["reference"]}  # fmt: skip
-        result["speedup"] = a / b
+    if "reference" in timed:
+        result["speedup"] = timed["reference"][0] / b
+    if "package_full_float32" in timed:
+        result["roofline_fraction_full_float32"] = roofline_s / timed["package_full_float32"][0]
     if nll:
         result["test_nll"] = nll
 
     print()
     print(f"{'':34}{'s/epoch':>9}{'eval s':>9}{'final train loss':>20}")
-    if reference:
-        print(f"{'(a) pytorch/examples vae loop':34}{a:9.2f}{a_eval:9.2f}{statistics.fmean(losses['reference']):20.2f}")
-    print(f"{'(b) vae-lightning fit':34}{b:9.2f}{b_eval:9.2f}{statistics.fmean(losses['package']):20.2f}")
-    if reference:
-        print(f"speed-up (a)/(b): {a / b:.2f}x")
-    print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s = {roofline_s:.2f} s; "
-          f"(b) reaches {roofline_s / b:.0%} of it")  # fmt: skip
+    for arm, (train, evaluation) in timed.items():
+        print(f"{names[arm]:34}{train:9.2f}{evaluation:9.2f}{statistics.fmean(losses[arm]):20.2f}")
+    if "reference" in timed:
+        a = timed["reference"][0]
+        print(f"speed-up (a)/(b): {a / b:.2f}x" + (f", (a)/(b32): {a / timed['package_full_float32'][0]:.2f}x"
+                                                   if "package_full_float32" in timed else ""))  # fmt: skip
+    print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s (full precision) = "
+          f"{roofline_s:.2f} s; (b) reaches {roofline_s / b:.0%} of it"
+          + (f", (b32) {result['roofline_fraction_full_float32']:.0%}" if "package_full_float32" in timed else ""))
+    if precision != "highest":
+        print(f"roofline at {precision}: {flops / 1e9:.1f} GFLOP / {gemm_train['gflops']:.1f} GFLOP/s = "
+              f"{roofline_train_s:.2f} s; (b) reaches {roofline_train_s / b:.0%} of it")  # fmt: skip
     if nll:
         extra = nll["peak_memory_mb"] - nll["memory_at_start_mb"]
         print(f"test/nll, k={nll['k']} on {nll['images']:,} images: {nll['seconds']:.1f} s, peak memory "

@@ -66,6 +66,7 @@ def main() -> None:
             "binarize": resolved["data"]["binarize"],
             "objective": resolved["model"].get("objective", "elbo"),
             "train_samples": resolved["model"].get("train_samples", 1),
+            "train_matmul_precision": resolved["model"].get("train_matmul_precision"),
             "nll_samples": resolved["model"]["nll_samples"],
             "val_nelbo_last": logged_metrics(fit_dir).get("val/nelbo"),
             **metrics,

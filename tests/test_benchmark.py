@@ -21,7 +21,7 @@ def test_the_vanilla_mlp_costs_197_gflop_of_matrix_multiplies_per_epoch():
 
 
 @pytest.mark.slow
-def test_a_short_benchmark_runs_both_loops_and_reports_consistent_numbers(real_mnist, tmp_path):
+def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_mnist, tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--data-dir", str(real_mnist), "--epochs", "2",
@@ -31,11 +31,18 @@ def test_a_short_benchmark_runs_both_loops_and_reports_consistent_numbers(real_m
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert json.loads(done.stdout.strip().splitlines()[-1]) == result  # the last line printed is the JSON
-    a, b = result["reference"], result["package"]
+    a, b, b32 = result["reference"], result["package"], result["package_full_float32"]
+    assert result["train_matmul_precision"] == "medium"  # the vanilla config's, so (b32) ran at "highest"
     assert result["speedup"] == pytest.approx(a["train_s_per_epoch"] / b["train_s_per_epoch"])
-    assert result["roofline_fraction"] == pytest.approx(
-        result["model_gflop_per_epoch"] / (b["train_s_per_epoch"] * result["gemm_peak_gflops"])
+    gflop = result["model_gflop_per_epoch"]
+    assert result["roofline_fraction"] == pytest.approx(gflop / (b["train_s_per_epoch"] * result["gemm_peak_gflops"]))
+    assert result["roofline_fraction_full_float32"] == pytest.approx(
+        gflop / (b32["train_s_per_epoch"] * result["gemm_peak_gflops"])
     )
-    assert 100 < a["final_train_loss"][0] < 550 and 100 < b["final_train_loss"][0] < 550  # nats per image
+    assert result["roofline_fraction_train_precision"] == pytest.approx(
+        gflop / (b["train_s_per_epoch"] * result["gemm_peak_train_precision_gflops"])
+    )
+    for arm in (a, b, b32):
+        assert 100 < arm["final_train_loss"][0] < 550  # nats per image
     nll = result["test_nll"]
     assert nll["k"] == 4 and nll["images"] == 8 * 1000 and nll["seconds"] > 0 and nll["peak_memory_mb"] > 0

@@ -1,6 +1,7 @@
 """The fast path (issue: speed): subnormals flushed on every CPU thread while a Trainer runs and restored
 after, torch's CUDA probe answered once, callbacks' no-op batch hooks skipped while nothing is profiled,
-per-step logging only on logging steps, the cheaper training objective equal to the per-image one,
+the training steps' matmul precision (and
+only theirs), per-step logging only on logging steps, the cheaper training objective equal to the per-image one,
 gradient clipping skipped only when none is configured. Speed itself is measured by
 scripts/benchmark.py, not here."""
 
@@ -103,6 +104,38 @@ def test_under_a_profiler_every_callback_hook_is_called_and_recorded(tiny_mnist,
     assert len(profiler.recorded_durations["[Callback]HookCounter.on_before_backward"]) == 3
 
 
+class PrecisionProbe(Callback):
+    """Records torch's float32 matmul precision in every training and validation batch."""
+
+    def __init__(self):
+        self.seen: dict[str, set[str]] = {"train": set(), "sanity": set(), "val": set()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen["train"].add(torch.get_float32_matmul_precision())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.seen["sanity" if trainer.sanity_checking else "val"].add(torch.get_float32_matmul_precision())
+
+
+@pytest.mark.parametrize("precision", [None, "medium", "high"])
+def test_the_matmul_precision_applies_to_the_training_steps_alone(tiny_mnist, precision):
+    assert torch.get_float32_matmul_precision() == "highest"
+    probe = PrecisionProbe()
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, callbacks=[probe])
+    trainer.fit(tiny_model(hidden=16, train_matmul_precision=precision), datamodule=tiny_data(tiny_mnist))
+    assert probe.seen == {"train": {precision or "highest"}, "sanity": {"highest"}, "val": {"highest"}}
+    assert torch.get_float32_matmul_precision() == "highest"  # the process is left as it was
+    trainer.validate(trainer.lightning_module, datamodule=tiny_data(tiny_mnist), verbose=False)
+    assert probe.seen["val"] == {"highest"}
+
+
+def test_an_unknown_matmul_precision_is_refused_by_name():
+    from vae_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.train_matmul_precision must be one of highest, high, medium"):
+        tiny_model(train_matmul_precision="bf16")
+
+
 def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_every_image(tiny_mnist, tmp_path):
     trainer, _ = tiny_run(tiny_mnist, tmp_path)
     rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
@@ -129,11 +162,12 @@ def test_a_run_that_fails_leaves_the_float_state_and_the_callbacks_as_they_were(
 
     from vae_lightning.module import NonFiniteLossError
 
-    model = tiny_model(encoder=NaNAfter(latent_dim=2, after=3))
-    counter = HookCounter()
+    model = tiny_model(encoder=NaNAfter(latent_dim=2, after=3), train_matmul_precision="medium")
+    counter, probe = HookCounter(), PrecisionProbe()
     with pytest.raises(NonFiniteLossError):
-        quiet_trainer(max_epochs=1, callbacks=[counter]).fit(model, datamodule=tiny_data(tiny_mnist))
-    assert not subnormals_flushed()
+        quiet_trainer(max_epochs=1, callbacks=[counter, probe]).fit(model, datamodule=tiny_data(tiny_mnist))
+    assert probe.seen["train"] == {"medium"}
+    assert not subnormals_flushed() and torch.get_float32_matmul_precision() == "highest"
     assert counter.seen["on_train_batch_end"] is None  # skipped while it ran
     assert not set(BATCH_HOOKS) & set(vars(counter))  # and restored when it failed
 

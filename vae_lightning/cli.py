@@ -44,7 +44,7 @@ CHECKPOINT_DEFAULTS = {
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 # VAELitModule settings that say how to run a model, not what it is: under `--ckpt_path` the config's
 # values stand, where LightningCLI would take the checkpoint's.
-RUN_SETTINGS = ("nll_samples", "nll_chunk_size", "eval_seed", "nonfinite", "flush_subnormals")
+RUN_SETTINGS = ("nll_samples", "nll_chunk_size", "eval_seed", "nonfinite", "flush_subnormals", "train_matmul_precision")
 
 
 class ConfigToLoggers(SaveConfigCallback):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vae_lightning.data.loaders import mix_seed
 from vae_lightning.errors import ConfigError
 from vae_lightning.nets.contract import check_networks
-from vae_lightning.speed import FastPath
+from vae_lightning.speed import MATMUL_PRECISIONS, FastPath, TrainingMatmulPrecision
 from vae_lightning.objectives import (
     bernoulli_nll,
     bernoulli_nll_mean,
@@ -144,6 +144,11 @@ class VAELitModule(LightningModule):
         flush_subnormals: on a CPU, flush subnormal floats (below 1.2e-38) to zero while the Trainer
             runs (restored after): x86 cores process them on a slow path, and a VAE's saturated
             border pixels make many (see `vae_lightning.speed`).
+        train_matmul_precision: `torch.set_float32_matmul_precision` for the training steps alone
+            (validation, test and predict keep torch's setting, by default "highest": full float32).
+            "medium" lets float32 matmuls round their inputs to bfloat16 and accumulate in float32 (AMX
+            on recent Xeons, tensor cores on GPUs), "high" use TF32 on GPUs. None leaves torch's
+            setting alone. The MLP configs set "medium" (see the README's Performance section).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class VAELitModule(LightningModule):
         flush_subnormals: bool = True,
         objective: Literal["elbo", "iwae"] = "elbo",
         train_samples: int = 1,
+        train_matmul_precision: Literal["highest", "high", "medium"] | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim = _positive("latent_dim", latent_dim)
@@ -185,6 +191,12 @@ class VAELitModule(LightningModule):
                 "or use objective: elbo."
             )
         self.objective = objective
+        if train_matmul_precision not in (None, *MATMUL_PRECISIONS):
+            raise ConfigError(
+                f"model.train_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} or null, "
+                f"got {train_matmul_precision!r}."
+            )
+        self.train_matmul_precision = train_matmul_precision
         if nonfinite not in ("stop", "skip"):
             raise ConfigError(f"model.nonfinite must be 'stop' or 'skip', got {nonfinite!r}.")
         if lr_scheduler_interval not in ("epoch", "step"):
@@ -327,8 +339,12 @@ class VAELitModule(LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The fast path (`vae_lightning.speed`) for as long as the Trainer runs."""
-        return [FastPath(flush_subnormals=self.flush_subnormals)]
+        """The fast path (`vae_lightning.speed`) for as long as the Trainer runs, and the training
+        steps' matmul precision when one is asked for."""
+        callbacks: list[Callback] = [FastPath(flush_subnormals=self.flush_subnormals)]
+        if self.train_matmul_precision is not None:
+            callbacks.append(TrainingMatmulPrecision(self.train_matmul_precision))
+        return callbacks
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         x = batch[0]
