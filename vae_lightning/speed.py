@@ -27,8 +27,8 @@ hooks on any device (all three through `FastPath`); the CLI uses `NoProfiler`.
 - Matrix-multiply precision of the training steps (`TrainingMatmulPrecision`, opt-in through
   `VAELitModule(train_matmul_precision=...)`; the MLP configs ask for "medium"). With "medium", float32
   matmuls may round their inputs to bfloat16 and accumulate in float32: AMX tiles on recent Xeons,
-  tensor cores on GPUs ("high": TF32 on GPUs). Validation, test and predict keep torch's own setting,
-  so every number the package reports is computed in full float32. Vanilla MLP, batch 128, 2-core
+  tensor cores on GPUs ("high": TF32 on GPUs). Validation, test and predict keep torch's own setting
+  (by default "highest"), so the numbers the package reports are computed in full float32. Vanilla MLP, batch 128, 2-core
   Xeon with AMX: 1.62 -> 1.43 s an epoch (`scripts/benchmark.py`, (b32) against (b)); test nelbo
   within seed-to-seed spread.
 """
