@@ -43,6 +43,7 @@ from lightning.pytorch import Callback
 from common import REPO, machine
 
 PIXELS, EPOCH_IMAGES = 784, 60_000
+VANILLA_CONFIG = REPO / "configs" / "vanilla.yaml"
 
 
 # ---------------------------------------------------------------------------------------------- (c)
@@ -173,7 +174,7 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
     if args.limit_batches:
         limits = [f"--trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     return [
-        subcommand, "--config", str(REPO / "configs" / "vanilla.yaml"), *limits,
+        subcommand, "--config", str(VANILLA_CONFIG), *limits,
         "--trainer.callbacks", json.dumps([{"class_path": "benchmark.Stopwatch"}]),
         "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
         "--trainer.logger.init_args.save_dir", str(workdir),
@@ -186,7 +187,7 @@ def config_precision() -> str:
     """The vanilla config's `model.train_matmul_precision` (null: torch's default, "highest")."""
     import yaml
 
-    config = yaml.safe_load((REPO / "configs" / "vanilla.yaml").read_text())
+    config = yaml.safe_load(VANILLA_CONFIG.read_text())
     return config["model"].get("train_matmul_precision") or "highest"
 
 
@@ -274,27 +275,29 @@ def main() -> None:
     losses: dict[str, list[float]] = {arm: [] for arm in runs}
     names = {"reference": "(a) pytorch/examples vae loop", "package": f"(b) vae-lightning fit ({precision})",
              "package_full_float32": "(b32) the same at highest"}  # fmt: skip
+
+    def record(arm: str, repeat: int, epochs: list[dict], loss: float) -> None:
+        runs[arm].append(epochs)
+        losses[arm].append(loss)
+        seconds = [round(train_s_per_epoch(e), 2) for e in epochs]
+        print(f"{names[arm]}, run {repeat + 1}: {seconds} s/epoch", flush=True)
+
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             if not args.skip_reference:
                 epochs = run_reference(args, seed=1 + repeat)
-                runs["reference"].append(epochs)
-                losses["reference"].append(epochs[-1]["train_loss"])
-                print(f"{names['reference']}, run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
-                      flush=True)  # fmt: skip
+                record("reference", repeat, epochs, epochs[-1]["train_loss"])
             for arm, override in arms.items():
                 epochs, loss, last = run_package(args, Path(tmp), seed=42 + repeat, precision=override)
-                checkpoint = last if arm == "package" else checkpoint
-                runs[arm].append(epochs)
-                losses[arm].append(loss)
-                print(f"{names[arm]}, run {repeat + 1}: {[round(train_s_per_epoch(e), 2) for e in epochs]} s/epoch",
-                      flush=True)  # fmt: skip
+                record(arm, repeat, epochs, loss)
+                if arm == "package":
+                    checkpoint = last
         sizes = [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384]
-        gemm = gemm_peak(device, sizes)
+        gemm = gemm_train = gemm_peak(device, sizes)
         print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
-        gemm_train = gemm_peak(device, sizes, precision) if precision != "highest" else gemm
         if precision != "highest":
+            gemm_train = gemm_peak(device, sizes, precision)
             print(f"(c) GEMM peak at (b)'s train_matmul_precision {precision}: {gemm_train['gflops']:.1f} GFLOP/s "
                   f"(float32 in and out, {gemm_train['size']}^3)", flush=True)  # fmt: skip
         nll = run_nll(args, Path(tmp), checkpoint) if args.nll_samples else None
@@ -304,6 +307,7 @@ def main() -> None:
     roofline_train_s = flops / (gemm_train["gflops"] * 1e9)
     timed = {arm: summarise(epochs) for arm, epochs in runs.items() if epochs}
     b = timed["package"][0]
+    b32 = timed["package_full_float32"][0] if "package_full_float32" in timed else None
     result = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "device": str(device),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
@@ -319,8 +323,8 @@ def main() -> None:
     }  # fmt: skip
     if "reference" in timed:
         result["speedup"] = timed["reference"][0] / b
-    if "package_full_float32" in timed:
-        result["roofline_fraction_full_float32"] = roofline_s / timed["package_full_float32"][0]
+    if b32:
+        result["roofline_fraction_full_float32"] = roofline_s / b32
     if nll:
         result["test_nll"] = nll
 
@@ -330,11 +334,10 @@ def main() -> None:
         print(f"{names[arm]:34}{train:9.2f}{evaluation:9.2f}{statistics.fmean(losses[arm]):20.2f}")
     if "reference" in timed:
         a = timed["reference"][0]
-        print(f"speed-up (a)/(b): {a / b:.2f}x" + (f", (a)/(b32): {a / timed['package_full_float32'][0]:.2f}x"
-                                                   if "package_full_float32" in timed else ""))  # fmt: skip
+        print(f"speed-up (a)/(b): {a / b:.2f}x" + (f", (a)/(b32): {a / b32:.2f}x" if b32 else ""))
     print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s (full precision) = "
           f"{roofline_s:.2f} s; (b) reaches {roofline_s / b:.0%} of it"
-          + (f", (b32) {result['roofline_fraction_full_float32']:.0%}" if "package_full_float32" in timed else ""))
+          + (f", (b32) {roofline_s / b32:.0%}" if b32 else ""))  # fmt: skip
     if precision != "highest":
         print(f"roofline at {precision}: {flops / 1e9:.1f} GFLOP / {gemm_train['gflops']:.1f} GFLOP/s = "
               f"{roofline_train_s:.2f} s; (b) reaches {roofline_train_s / b:.0%} of it")  # fmt: skip

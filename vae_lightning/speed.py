@@ -28,9 +28,9 @@ hooks on any device (all three through `FastPath`); the CLI uses `NoProfiler`.
   `VAELitModule(train_matmul_precision=...)`; the MLP configs ask for "medium"). With "medium", float32
   matmuls may round their inputs to bfloat16 and accumulate in float32: AMX tiles on recent Xeons,
   tensor cores on GPUs ("high": TF32 on GPUs). Validation, test and predict keep torch's own setting
-  (by default "highest"), so the numbers the package reports are computed in full float32. Vanilla MLP, batch 128, 2-core
-  Xeon with AMX: 1.62 -> 1.43 s an epoch (`scripts/benchmark.py`, (b32) against (b)); test nelbo
-  within seed-to-seed spread.
+  (by default "highest"), so the numbers the package reports are computed in full float32. Vanilla
+  MLP, batch 128, 2-core Xeon with AMX: 1.62 -> 1.43 s an epoch (`scripts/benchmark.py`, (b32)
+  against (b)); test nelbo within seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -196,9 +196,6 @@ class TrainingMatmulPrecision(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # back to the training steps
             self._train()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._measure()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._measure()
