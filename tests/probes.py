@@ -58,3 +58,12 @@ class KillAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ProcessGroupSeen(Callback):
+    """Records, at fit start, whether torch.distributed has a process group (in-process runs read `seen`)."""
+
+    seen: list[bool] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        ProcessGroupSeen.seen.append(torch.distributed.is_initialized())

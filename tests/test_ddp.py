@@ -20,6 +20,28 @@ from vae_lightning.experiments.command import main as experiments_main
 DDP_CPU = ["--config", CONFIGS / "trainer" / "ddp_cpu.yaml"]  # 2 processes over gloo
 
 
+def test_the_entry_point_releases_the_process_group_when_the_run_is_over(tiny_config, tmp_path, monkeypatch):
+    # Lightning destroys the process group at exit only under NCCL; a gloo one left to interpreter shutdown can abort a
+    # process whose run succeeded (SIGABRT, "terminate called without an active exception"), so `main` does.
+    from probes import ProcessGroupSeen
+
+    from vae_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vae-lightning"])  # pytest's own arguments are not ours
+    ProcessGroupSeen.seen.clear()
+    environment = dict(os.environ)
+    try:
+        main(["fit", "--config", str(CONFIGS / "two_latent.yaml"), "--config", str(tiny_config), *map(str, DDP_CPU),
+              "--trainer.devices", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.callbacks", '[{"class_path": "probes.ProcessGroupSeen"}]'])  # fmt: skip
+    finally:  # Lightning's launcher leaves LOCAL_RANK, MASTER_PORT, ... here; later DDP subprocesses would inherit them
+        os.environ.clear()
+        os.environ.update(environment)
+    assert ProcessGroupSeen.seen == [True]  # the run had a gloo group (DDP, one process)
+    assert not torch.distributed.is_initialized()
+
+
 def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int = 0) -> str:
     """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
     env = subprocess_env(cwd)

@@ -21,6 +21,7 @@ from vae_lightning.checkpointing import (
     find_last_checkpoint,
 )
 from vae_lightning.data import MNISTDataModule
+from vae_lightning.distributed import release_process_group
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import NonFiniteLossError, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
@@ -198,5 +199,9 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of `vae-lightning` and `python -m vae_lightning`."""
-    cli(args)
+    """Entry point of `vae-lightning` and `python -m vae_lightning` (every DDP rank runs it): the run,
+    then the process group released, whatever the run's end."""
+    try:
+        cli(args)
+    finally:
+        release_process_group()

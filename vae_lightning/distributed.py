@@ -22,3 +22,12 @@ def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
     padded[: len(rows)] = rows
     gathered = module.all_gather(padded)  # (world, max_len, ...)
     return torch.cat([gathered[r, :n] for r, n in enumerate(lengths)])
+
+
+def release_process_group() -> None:
+    """Destroy this process's default process group, if there is one (call it on every rank when the
+    run is over). Lightning does this at exit for NCCL alone; a gloo group left to the interpreter's
+    finalization can abort a process whose run succeeded ("terminate called without an active
+    exception", SIGABRT: gloo's worker threads still hold tensors while Python is torn down)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
