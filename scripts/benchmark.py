@@ -6,7 +6,7 @@ In one process, on one machine, with the same model (784-400-20-400-784 MLP), ba
   (a) `reference_vae.py`: pytorch/examples' `vae/main.py` as written there (torchvision MNIST,
       DataLoader, ToTensor, `.item()` every batch);
   (b) the package: `vae-lightning fit --config configs/vanilla.yaml` in-process through the CLI,
-      with the figure callbacks replaced by a stopwatch and the config's own logger (CSV); the
+      with the experiments off, a stopwatch callback and the config's own logger (CSV); the
       config trains with `train_matmul_precision: medium` (float32 matmuls on bfloat16 inputs), so
       (b32), the same with `--model.train_matmul_precision highest`, shows the full-float32 speed;
   (c) a float32 matrix-multiply probe: this machine's GEMM peak at full precision ("highest"), and
@@ -21,7 +21,7 @@ peak): against the full-precision peak, and against the peak of the precision it
 Then `test/nll` (k importance samples on the 10,000 test images, in float32) is timed on (b)'s
 last checkpoint, with its peak memory. The last line printed is JSON with every number.
 
-    python scripts/benchmark.py                     # CPU: about 1.5 minutes on 2 cores (97 s measured)
+    python scripts/benchmark.py                     # CPU: a few minutes on 2 cores
     python scripts/benchmark.py --device cuda
 """
 
@@ -175,7 +175,7 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
         limits = [f"--trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     return [
         subcommand, "--config", str(VANILLA_CONFIG), *limits,
-        "--trainer.callbacks", json.dumps([{"class_path": "benchmark.Stopwatch"}]),
+        "--trainer.callbacks", json.dumps([{"class_path": "benchmark.Stopwatch"}]), "--experiments.names", "[]",
         "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
         "--trainer.logger.init_args.save_dir", str(workdir),
         "--data.data_dir", str(args.data_dir),
@@ -184,11 +184,11 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
 
 
 def config_precision() -> str:
-    """The vanilla config's `model.train_matmul_precision` (null: torch's default, "highest")."""
-    import yaml
+    """The vanilla config's resolved `model.train_matmul_precision` (null: torch's default, "highest")."""
+    from vae_lightning.cli import cli
 
-    config = yaml.safe_load(VANILLA_CONFIG.read_text())
-    return config["model"].get("train_matmul_precision") or "highest"
+    model = cli(["--config", str(VANILLA_CONFIG)], run=False).model
+    return model.speed.train_matmul_precision or "highest"
 
 
 def run_package(args, workdir: Path, seed: int, precision: str | None = None) -> tuple[list[dict], float, str]:

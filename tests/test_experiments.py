@@ -158,9 +158,8 @@ def test_the_configs_switch_on_the_experiments_that_fit_them(run_cli, capsys):
     for variant, needed in expected.items():
         with pytest.raises(SystemExit):
             run_cli("fit", "--config", CONFIGS / f"{variant}.yaml", "--print_config")
-        callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
-        names = {c["class_path"].rsplit(".", 1)[1] for c in callbacks}
-        assert needed <= names, variant
+        names = yaml.safe_load(capsys.readouterr().out)["experiments"]["names"]
+        assert {EXPERIMENTS[n].__name__ for n in names} >= needed, variant
 
 
 def test_experiments_leave_training_bit_identical(tiny_mnist, tmp_path):
@@ -177,3 +176,31 @@ def test_experiments_leave_training_bit_identical(tiny_mnist, tmp_path):
         weights.append(m.state_dict())
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
+def test_the_experiments_group_runs_them_on_one_copy_of_the_data_and_measures_as_each_alone(tiny_mnist, tmp_path):
+    from vae_lightning.experiments import Experiments
+
+    names, options = ["latent_scatter", "prior_samples"], {"prior_samples": {"num_samples": 50, "shown": 16}}
+    group = Experiments(names, every_n_epochs=1, options=options)
+    trainer, _, _ = fit(tiny_mnist, CSVLogger(tmp_path / "group"), [group])
+    reference, _, _ = fit(tiny_mnist, CSVLogger(tmp_path / "alone"), [EXPERIMENTS[n](**options.get(n, {})) for n in names])
+    ours, theirs = ({k: float(v) for k, v in t.callback_metrics.items() if k.startswith("exp/")} for t in (trainer, reference))
+    assert ours == theirs and len(ours) == 10  # 9 of latent_scatter, 1 of prior_samples
+    assert [e.last_png.name for e in group.experiments] == [f"exp_{n}-epoch000.png" for n in names]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"names": ["latent_scater"]}, "experiments.names must be 'reconstructions', "),
+        ({"names": ["interpolation"], "options": {"interpolation": {"digit": [3, 8]}}}, "experiments.options.interpolation"),
+        ({"every_n_epochs": 0}, "experiments.every_n_epochs must be a positive integer"),
+    ],
+)
+def test_the_experiments_group_refuses_bad_settings_by_name(kwargs, match):
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.experiments import Experiments
+
+    with pytest.raises(ConfigError, match=match):
+        Experiments(**kwargs)

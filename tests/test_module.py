@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
 from vae_lightning.errors import ConfigError
-from vae_lightning.objectives import bernoulli_nll, gaussian_kl
+from vae_lightning.data.loaders import seeded_normal
+from vae_lightning.objectives import bernoulli_nll, gaussian_kl, reparameterize
 
 
 def datamodule(tiny_mnist, **kwargs) -> MNISTDataModule:
@@ -40,20 +43,21 @@ def test_public_methods_have_the_documented_shapes_and_ranges():
 def test_weights_scale_the_terms_and_zero_leaves_the_pure_term(recon_weight, kl_weight, pure):
     m = tiny_model(recon_weight=recon_weight, kl_weight=kl_weight)
     x = torch.rand(8, 1, 28, 28)
-    eps = torch.randn(8, 2)
-    out, terms = m._terms(x, eps)
-    recon, kl = bernoulli_nll(out.logits, x), gaussian_kl(out.mu, out.logvar)
-    torch.testing.assert_close(terms["recon"], recon)
-    torch.testing.assert_close(terms["nelbo"], recon + kl)
-    torch.testing.assert_close(terms["loss"], recon_weight * recon + kl_weight * kl)
+    eps = torch.randn(1, 8, 2)
+    terms = m.terms(x, eps)
+    mu, logvar = m.encode(x)
+    recon, kl = bernoulli_nll(m.decoder(reparameterize(mu, logvar, eps[0])), x), gaussian_kl(mu, logvar)
+    torch.testing.assert_close(terms.recon, recon)
+    torch.testing.assert_close(terms.nelbo, recon + kl)
+    torch.testing.assert_close(terms.loss, recon_weight * recon + kl_weight * kl)
     if pure:
-        assert torch.equal(terms["loss"], terms[pure])
+        assert torch.equal(terms.loss, getattr(terms, pure))
 
 
 def test_the_loss_still_reaches_every_parameter_when_a_weight_is_zero():
     # DDP needs a gradient for every parameter: a zero weight must give zeros, not missing grads.
     m = tiny_model(recon_weight=0.0)
-    loss = m._terms(torch.rand(4, 1, 28, 28))[1]["loss"].mean()
+    loss = m.terms(torch.rand(4, 1, 28, 28)).loss.mean()
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
     assert all(p.grad.abs().max() == 0 for p in m.decoder.parameters())
@@ -66,9 +70,9 @@ def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tm
     images = dm.splits["test"][0].float().div(255).unsqueeze(1)
     index = torch.arange(len(images))
     with torch.no_grad():
-        out, terms = m._terms(images, m.eval_noise(index, 1, stream=0)[0])
-    assert metrics["test/nelbo"] == pytest.approx(terms["nelbo"].mean().item(), rel=1e-5)
-    assert metrics["test/kl"] == pytest.approx(terms["kl"].mean().item(), rel=1e-5)
+        terms = m.terms(images, seeded_normal(m.eval_seed, index, 1, m.latent_dim, 0))
+    assert metrics["test/nelbo"] == pytest.approx(terms.nelbo.mean().item(), rel=1e-5)
+    assert metrics["test/kl"] == pytest.approx(terms.kl.mean().item(), rel=1e-5)
     assert metrics["test/nll"] < metrics["test/nelbo"]
 
 
@@ -122,3 +126,39 @@ def test_bad_settings_are_refused_at_construction(kwargs, match):
     latent_dim = kwargs.pop("latent_dim", 2)
     with pytest.raises(ConfigError, match=match):
         VAELitModule(MLPEncoder(2), MLPDecoder(2), latent_dim=latent_dim, **kwargs)
+
+
+def test_run_settings_stay_out_of_the_checkpoint_and_the_model_in(tiny_mnist, tmp_path):
+    from vae_lightning.module import RUN_SETTINGS
+
+    m = tiny_model(latent_dim=3, kl_weight=0.5, nll_samples=7, nonfinite="skip", train_matmul_precision="medium")
+    t = trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    t.fit(m, datamodule=datamodule(tiny_mnist))
+    saved = torch.load(t.checkpoint_callback.best_model_path, weights_only=True)["hyper_parameters"]
+    assert not set(RUN_SETTINGS) & set(saved)
+    assert (saved["latent_dim"], saved["kl_weight"], saved["objective"], saved["train_samples"]) == (3, 0.5, "elbo", 1)
+
+
+def test_lightning_still_tells_a_cli_built_model_by_its_given_hyperparameters():
+    """The one private name the module reads (`_given_hyperparameters`, Lightning 2.6.6): if Lightning
+    renames it, CLI checkpoints would silently stop rebuilding their networks from class paths."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    from vae_lightning import module
+
+    assert module._given_hyperparameters is _given_hyperparameters and _given_hyperparameters.get() is None
+
+
+FIXTURE = Path(__file__).parent / "fixtures"
+
+
+def test_a_checkpoint_written_before_the_module_was_simplified_loads_and_tests_to_the_same_numbers(tiny_mnist):
+    """tests/fixtures/pre_simplicity.ckpt: `vae-lightning fit` of configs/two_latent.yaml (hidden 16, 2 epochs,
+    nll_samples 8) on the tiny set, written by commit b449eb1; expected.json holds what that code measured."""
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    for settings, key in (({}, "as_saved"), ({"nll_samples": 32, "eval_seed": 3}, "nll_samples_32_eval_seed_3")):
+        model = VAELitModule.load_from_checkpoint(FIXTURE / "pre_simplicity.ckpt", weights_only=True, **settings)
+        assert model.nll_samples == settings.get("nll_samples", 8)
+        (metrics,) = quiet_trainer().test(model, datamodule=datamodule(tiny_mnist), verbose=False)
+        for name, value in expected[key].items():
+            assert metrics[name] == pytest.approx(value, rel=1e-6, abs=1e-5), (key, name)

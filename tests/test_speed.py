@@ -1,9 +1,7 @@
-"""The fast path (issue: speed): subnormals flushed on every CPU thread while a Trainer runs and restored
-after, torch's CUDA probe answered once, callbacks' no-op batch hooks skipped while nothing is profiled,
-the training steps' matmul precision (and
-only theirs), per-step logging only on logging steps, the cheaper training objective equal to the per-image one,
-gradient clipping skipped only when none is configured. Speed itself is measured by
-scripts/benchmark.py, not here."""
+"""vae_lightning.speed: subnormals flushed on every CPU thread while a Trainer runs and restored after,
+torch's CUDA probe answered once, the training steps' matmul precision (and only theirs), the clock-driven
+progress bar, `--speed false`; per-step logging only on logging steps, gradient clipping as configured.
+Speed itself is measured by scripts/benchmark.py, not here."""
 
 from __future__ import annotations
 
@@ -16,7 +14,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from vae_lightning import MLPDecoder, MLPEncoder, VAELitModule
-from vae_lightning.speed import BATCH_HOOKS, remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
+from vae_lightning.objectives import vae_terms
+from vae_lightning.speed import TimedProgressBar, remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
 
 
 def flushed_share() -> float:
@@ -35,6 +34,7 @@ def test_subnormals_are_flushed_on_every_intra_op_thread_and_restored():
 
 
 def test_the_cuda_probe_keeps_torch_s_answer():
+    assert hasattr(torch.cuda, "_cached_device_count")  # the private cache speed.py fills (torch 2.14, 2.15)
     before = (torch.cuda.is_available(), torch.cuda.device_count())
     remember_no_cuda_device()
     assert (torch.cuda.is_available(), torch.cuda.device_count()) == before
@@ -60,48 +60,6 @@ def test_a_fit_flushes_subnormals_only_while_it_runs_and_only_when_asked(tiny_mn
     _, during = tiny_run(tiny_mnist, tmp_path, flush_subnormals=flush)
     assert during is flush
     assert not subnormals_flushed()  # the process is left as it was
-
-
-class HookCounter(Callback):
-    """Overrides two batch hooks (counted) and leaves the other ten as Callback's no-ops."""
-
-    def __init__(self):
-        self.calls = {"on_train_batch_start": 0, "on_validation_batch_end": 0}
-        self.seen: dict[str, object] = {}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.calls["on_train_batch_start"] += 1
-        self.seen = {hook: vars(self).get(hook, "class") for hook in BATCH_HOOKS}  # the instance mid-run
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.calls["on_validation_batch_end"] += 1
-
-
-def counted_fit(tiny_mnist, **trainer_kwargs):
-    counter = HookCounter()
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
-                            callbacks=[counter], **trainer_kwargs)  # fmt: skip
-    trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist, eval_batch_size=25))
-    return counter
-
-
-def test_no_op_batch_hooks_are_skipped_during_a_run_and_overridden_ones_still_run(tiny_mnist):
-    counter = counted_fit(tiny_mnist)
-    assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
-    overridden = {"on_train_batch_start", "on_validation_batch_end"}
-    assert counter.seen == {hook: "class" if hook in overridden else None for hook in BATCH_HOOKS}
-    assert not set(BATCH_HOOKS) & set(vars(counter))  # after the run the instance is as it was
-    assert counter.on_before_backward(None, None, None) is None  # Callback's no-op again
-
-
-def test_under_a_profiler_every_callback_hook_is_called_and_recorded(tiny_mnist, tmp_path):
-    from lightning.pytorch.profilers import SimpleProfiler
-
-    profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")
-    counter = counted_fit(tiny_mnist, profiler=profiler)
-    assert counter.calls == {"on_train_batch_start": 3, "on_validation_batch_end": 2}
-    assert all(value == "class" for value in counter.seen.values())  # nothing skipped
-    assert len(profiler.recorded_durations["[Callback]HookCounter.on_before_backward"]) == 3
 
 
 class PrecisionProbe(Callback):
@@ -132,7 +90,7 @@ def test_the_matmul_precision_applies_to_the_training_steps_alone(tiny_mnist, pr
 def test_an_unknown_matmul_precision_is_refused_by_name():
     from vae_lightning.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.train_matmul_precision must be one of highest, high, medium"):
+    with pytest.raises(ConfigError, match="model.train_matmul_precision must be 'highest', 'high', 'medium' or null"):
         tiny_model(train_matmul_precision="bf16")
 
 
@@ -145,31 +103,29 @@ def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_ev
     assert len(epoch_means) == 3 and epoch_means[2] < epoch_means[0]
 
 
-def test_the_training_objective_is_the_batch_mean_of_the_per_image_terms():
+def test_the_training_loss_is_the_batch_mean_of_the_per_image_objective():
     torch.manual_seed(0)
     model = VAELitModule(MLPEncoder(3, [32]), MLPDecoder(3, [32]), latent_dim=3, recon_weight=0.5, kl_weight=2.0)
     x = torch.rand(16, 1, 28, 28)
     torch.manual_seed(1)
-    fast = model._train_terms(x)  # draws eps ~ N(0, I) of shape (16, 3) after encoding
+    loss = model.terms(x).loss.mean()  # what training_step returns: eps ~ N(0, I) of shape (1, 16, 3)
     torch.manual_seed(1)
-    _, per_image = model._terms(x, torch.randn(16, 3))
-    for name in ("loss", "recon", "kl", "nelbo"):
-        torch.testing.assert_close(fast[name], per_image[name].mean(), rtol=1e-6, atol=1e-4)
+    mu, logvar = model.encode(x)
+    expected = vae_terms(x, mu, logvar, torch.randn(1, 16, 3), model.decoder, "elbo", 0.5, 2.0).loss.mean()
+    torch.testing.assert_close(loss, expected)
 
 
-def test_a_run_that_fails_leaves_the_float_state_and_the_callbacks_as_they_were(tiny_mnist):
+def test_a_run_that_fails_leaves_the_float_state_as_it_was(tiny_mnist):
     from probes import NaNAfter
 
-    from vae_lightning.module import NonFiniteLossError
+    from vae_lightning.checkpointing import NonFiniteLossError
 
     model = tiny_model(encoder=NaNAfter(latent_dim=2, after=3), train_matmul_precision="medium")
-    counter, probe = HookCounter(), PrecisionProbe()
+    probe = PrecisionProbe()
     with pytest.raises(NonFiniteLossError):
-        quiet_trainer(max_epochs=1, callbacks=[counter, probe]).fit(model, datamodule=tiny_data(tiny_mnist))
+        quiet_trainer(max_epochs=1, callbacks=[probe]).fit(model, datamodule=tiny_data(tiny_mnist))
     assert probe.seen["train"] == {"medium"}
     assert not subnormals_flushed() and torch.get_float32_matmul_precision() == "highest"
-    assert counter.seen["on_train_batch_end"] is None  # skipped while it ran
-    assert not set(BATCH_HOOKS) & set(vars(counter))  # and restored when it failed
 
 
 def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist):
@@ -192,35 +148,6 @@ def test_train_epoch_means_weight_every_batch_by_its_images(tiny_mnist):
     unweighted = sum(loss for loss, _ in record.batches) / len(sizes)
     assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-6)
     assert abs(expected - unweighted) > 1e-3  # the weighting is what the comparison checks
-
-
-def test_optimizer_zero_grad_sets_none_and_respects_an_optimizer_s_own_zero_grad():
-    model = VAELitModule(MLPEncoder(2, [8]), MLPDecoder(2, [8]), latent_dim=2)
-
-    def with_grads():
-        for p in model.parameters():
-            p.grad = torch.ones_like(p)
-
-    with_grads()
-    model.optimizer_zero_grad(0, 0, torch.optim.Adam(model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
-
-    class ZeroingSGD(torch.optim.SGD):  # an optimizer with its own zero_grad: it must be the one called
-        def zero_grad(self, set_to_none: bool = True) -> None:
-            super().zero_grad(set_to_none=False)
-
-    with_grads()
-    model.optimizer_zero_grad(0, 0, ZeroingSGD(model.parameters(), lr=0.1))
-    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
-
-
-def test_the_direct_write_of_lightning_s_hook_name_leaves_module_registration_alone():
-    model = VAELitModule(MLPEncoder(2, [8]), MLPDecoder(2, [8]), latent_dim=2)
-    model._current_fx_name = "training_step"
-    assert model._current_fx_name == "training_step" and "_current_fx_name" in vars(model)
-    model.extra = torch.nn.Linear(2, 2)  # every other attribute still goes through nn.Module
-    model.scale = torch.nn.Parameter(torch.ones(1))
-    assert "extra" in dict(model.named_modules()) and "scale" in dict(model.named_parameters())
 
 
 @pytest.mark.parametrize("clip", [None, ("norm", 0.5), ("value", 0.01)])
@@ -249,3 +176,44 @@ def test_gradient_clipping_is_applied_when_configured_and_skipped_when_not(tiny_
         assert max(grads.norms) <= 0.5 * (1 + 1e-5)
     else:
         assert max(grads.largest) <= 0.01
+
+
+def test_the_timed_bar_redraws_at_most_every_refresh_seconds_and_always_at_the_end():
+    slow, every = TimedProgressBar(refresh_seconds=3600), TimedProgressBar(refresh_rate=2, refresh_seconds=0)
+    assert [n for n in range(1, 11) if slow.due(n, 10)] == [1, 10]  # the first, then the last
+    assert [n for n in range(1, 8) if every.due(n, 7)] == [2, 4, 6, 7]  # Lightning's rule
+    assert not TimedProgressBar(refresh_rate=0).due(1, 1)  # hidden
+    with pytest.raises(ValueError, match="progress_bar.refresh_seconds must be a number of seconds >= 0"):
+        TimedProgressBar(refresh_seconds=-1)
+
+
+def test_the_timed_bar_draws_every_batch_of_a_real_fit_only_when_due(tiny_mnist):
+    class Counting(TimedProgressBar):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.drawn = []
+
+        def due(self, current, total):
+            answer = super().due(current, total)
+            self.drawn.append(answer)
+            return answer
+
+    bar = Counting(refresh_seconds=3600)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, enable_progress_bar=True, callbacks=[bar])
+    trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist))
+    assert bar.drawn == [True] + [False] * 8 + [True]  # 10 training batches: the first and the last drawn
+    assert bar.train_progress_bar.n == 10
+
+
+def test_speed_false_turns_every_measure_off(run_cli):
+    from conftest import CONFIGS
+
+    fast = run_cli("--config", CONFIGS / "vanilla.yaml", run=False)
+    plain = run_cli("--config", CONFIGS / "vanilla.yaml", "--speed", "false", run=False)
+    assert (fast.model.speed.flush_subnormals, fast.model.speed.train_matmul_precision) == (True, "medium")
+    assert fast.config["model"]["optimizer"]["init_args"]["fused"] is True
+    assert (plain.model.speed.flush_subnormals, plain.model.speed.train_matmul_precision) == (False, None)
+    assert plain.config["model"]["optimizer"]["init_args"]["fused"] is None  # torch's own choice
+    assert plain.model.configure_callbacks() == []  # no Speed callback at all
+    [bar] = [c for c in plain.trainer.callbacks if isinstance(c, TimedProgressBar)]
+    assert bar.refresh_seconds == 0  # Lightning's rule: every refresh_rate-th batch

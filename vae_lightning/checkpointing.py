@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -13,12 +14,19 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
 
 from vae_lightning.atomic import atomic_path
-from vae_lightning.errors import ConfigError
+from vae_lightning.distributed import attached_trainer
+from vae_lightning.errors import ConfigError, check_int
 from vae_lightning.runs import run_dir
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a non-finite loss (with model.nonfinite: stop)."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -62,9 +70,8 @@ class LastCheckpoint(Callback):
     """
 
     def __init__(self, every_n_train_steps: int = 0, dirpath: str | None = None) -> None:
-        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
-            raise ConfigError(f"last_checkpoint.every_n_train_steps must be an integer >= 0, got {every_n_train_steps!r}.")
-        self.every_n_train_steps, self.dirpath = every_n_train_steps, dirpath
+        self.every_n_train_steps = check_int("last_checkpoint.every_n_train_steps", every_n_train_steps, minimum=0)
+        self.dirpath = dirpath
         self.path: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -98,7 +105,9 @@ def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path") -
             f"Use another checkpoint (a best-*.ckpt beside it, or an earlier run's last.ckpt)."
         ) from err
     if bad is not None:
-        raise ConfigError(f"{field} {str(path)!r} is corrupted (member {bad} fails its checksum); use another checkpoint.")
+        raise ConfigError(
+            f"{field} {str(path)!r} is corrupted (member {bad} fails its checksum); use another checkpoint."
+        )
     try:  # weights-only: tensors and plain data, never code; mmap: the tensors are not read here
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
@@ -113,3 +122,101 @@ def find_last_checkpoint(root: Path) -> Path | None:
     """The most recently written `last.ckpt` among `<root>/*/checkpoints/`, or None."""
     candidates = list(root.glob("*/checkpoints/last.ckpt"))
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def last_good_checkpoint(trainer: Trainer) -> str:
+    """This run's last.ckpt (its latest state), else its best checkpoint, else a note that there is none."""
+    for attribute in ("path", "best_model_path"):  # LastCheckpoint.path, then ModelCheckpoint.best_model_path
+        for callback in trainer.callbacks:
+            path = getattr(callback, attribute, None)
+            if path and Path(path).is_file():
+                return str(path)
+    return "none written yet in this run"
+
+
+def check_architecture(module: nn.Module, checkpoint: dict) -> None:
+    """Raise ConfigError when a checkpoint's weights do not fit `module`, naming each difference."""
+    saved, own = checkpoint.get("state_dict", {}), module.state_dict()
+    problems = [
+        f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+        for k, v in saved.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems += [f"{k}: missing from the checkpoint" for k in sorted(set(own) - set(saved))[:5]]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(set(saved) - set(own))[:5]]
+    if not problems:
+        return
+    hparams = checkpoint.get("hyper_parameters", {})
+    differences = []
+    if "latent_dim" in hparams and hparams["latent_dim"] != getattr(module, "latent_dim", None):
+        differences.append(
+            f"latent_dim={hparams['latent_dim']!r} in the checkpoint, {module.latent_dim!r} in the config"
+        )
+    for key in ("encoder", "decoder"):
+        saved_class = hparams[key].get("class_path", "") if isinstance(hparams.get(key), dict) else ""
+        own_class = type(getattr(module, key)).__name__
+        if saved_class and saved_class.rsplit(".", 1)[-1] != own_class:
+            differences.append(f"{key} {saved_class.rsplit('.', 1)[-1]} in the checkpoint, {own_class} in the config")
+    raise ConfigError(
+        "the checkpoint's architecture does not fit the model built from the config"
+        + (f" ({'; '.join(differences)})" if differences else "")
+        + f": {'; '.join(problems[:8])}. Use the config the checkpoint was trained with (its config.yaml), "
+        "or load it without a config: VAELitModule.load_from_checkpoint(path)."
+    )
+
+
+def save_random_states(module: LightningModule, checkpoint: dict) -> None:
+    """Put every rank's random state (the reparameterisation noise) into `checkpoint["rng_states"]`, so a
+    resumed run continues exactly (data order and binarization are functions of (seed, epoch, batch)).
+    Under DDP every rank calls it: the states are all-gathered, (world, ...) each."""
+    states = {"cpu": torch.get_rng_state()}
+    if module.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(module.device)
+    trainer = attached_trainer(module)
+    if trainer is not None and trainer.world_size > 1:
+        checkpoint["rng_states"] = {k: module.all_gather(v.to(module.device)).cpu() for k, v in states.items()}
+    else:
+        checkpoint["rng_states"] = {k: v.unsqueeze(0) for k, v in states.items()}
+
+
+def restore_random_states(module: LightningModule, checkpoint: dict) -> None:
+    """Restore this rank's random state from `checkpoint["rng_states"]` when the process count matches."""
+    states = checkpoint.get("rng_states")
+    trainer = attached_trainer(module)
+    if states is None or trainer is None:
+        return
+    rank, world = trainer.global_rank, trainer.world_size
+    if len(states["cpu"]) != world:
+        rank_zero_warn(
+            f"checkpoint saved by {len(states['cpu'])} processes, resumed by {world}: the noise streams "
+            "start afresh, so the run will not repeat an uninterrupted one exactly."
+        )
+        return
+    torch.set_rng_state(
+        states["cpu"][rank].clone()
+    )  # .clone(): a state that is a view of a larger tensor crashes torch
+    if "cuda" in states and module.device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][rank].clone(), module.device)
+
+
+def nonfinite_step(module: LightningModule, means: dict[str, Tensor], batch_idx: int, policy: str) -> bool:
+    """Whether this training step's loss (`means["loss"]`) is not finite on any rank (every rank agrees).
+
+    Under `policy` "skip" it warns and returns True (the step must not update the weights); under
+    "stop" it raises NonFiniteLossError naming the step, the batch and the last good checkpoint.
+    """
+    trainer = module.trainer
+    bad = not math.isfinite(means["loss"].item())
+    if trainer.world_size > 1:
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+    if not bad:
+        return False
+    values = ", ".join(f"{name}={value.item():.4g}" for name, value in means.items())
+    where = f"global step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx} of the epoch; {values})"
+    if policy == "skip":
+        rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")
+        return True
+    raise NonFiniteLossError(
+        f"non-finite loss at {where}; stopped before it could update the weights. Last good checkpoint: "
+        f"{last_good_checkpoint(trainer)}. Lower the learning rate, or set model.nonfinite: skip to skip such batches."
+    )

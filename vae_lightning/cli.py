@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from vae_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointWriteError,
+    NonFiniteLossError,
     LastCheckpoint,
     check_checkpoint_file,
     find_last_checkpoint,
@@ -23,12 +24,12 @@ from vae_lightning.checkpointing import (
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import release_process_group
 from vae_lightning.errors import ConfigError
-from vae_lightning.module import NonFiniteLossError, VAELitModule
+from vae_lightning.experiments import Experiments
+from vae_lightning.module import RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
-from vae_lightning.progress import TimedProgressBar
 from vae_lightning.runs import logger_root, run_dir
-from vae_lightning.speed import NoProfiler
+from vae_lightning.speed import PLAIN_SETTINGS, TimedProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,19 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "best-epoch{epoch:03d}-val_nelbo{val/nelbo:.2f}",
     "checkpoint.auto_insert_metric_name": False,
 }
+# The seed setting every variant config starts from: the vanilla MLP 784-400-z-400-784, Adam at 1e-3.
+MODEL_DEFAULTS = {
+    "model.encoder": {"class_path": "vae_lightning.nets.MLPEncoder", "init_args": {"hidden_dims": [400]}},
+    "model.decoder": {"class_path": "vae_lightning.nets.MLPDecoder", "init_args": {"hidden_dims": [400]}},
+    "model.optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "fused": True}},
+    "model.train_matmul_precision": "medium",
+}
+TRAINER_DEFAULTS = {
+    "max_epochs": 20,
+    "devices": 1,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
+}
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
-# VAELitModule settings that say how to run a model, not what it is: under `--ckpt_path` the config's
-# values stand, where LightningCLI would take the checkpoint's.
-RUN_SETTINGS = ("nll_samples", "nll_chunk_size", "eval_seed", "nonfinite", "flush_subnormals", "train_matmul_precision")
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -79,36 +89,59 @@ def wandb_credentials_present() -> bool:
 
 
 class VAECLI(LightningCLI):
-    """LightningCLI with `latent_dim` linked into both networks, best/last checkpoints always on,
-    atomic checkpoint writes, `--ckpt_path last` across log versions, and checked inputs."""
+    """LightningCLI with the seed defaults, `latent_dim` linked into both networks, best/last checkpoints
+    always on, the experiments and the speed switch as settings, atomic checkpoint writes, `--ckpt_path
+    last` across log versions, and checked inputs."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.latent_dim", "model.encoder.init_args.latent_dim")
         parser.link_arguments("model.latent_dim", "model.decoder.init_args.latent_dim")
+        parser.set_defaults(MODEL_DEFAULTS)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(Experiments, "experiments")
         # `predict` writes <log_dir>/latents_<split>.pt; configurable as `predictions.*`.
         parser.add_lightning_class_args(LatentWriter, "predictions")
-        # Lightning's default bar redraws every step, ~0.4 ms each on a CPU (a tenth of a vanilla MLP
-        # step at batch 128): this one at most every `progress_bar.refresh_seconds` (0.1 s).
         parser.add_lightning_class_args(TimedProgressBar, "progress_bar")
+        parser.add_argument(
+            "--speed", type=bool, default=True, help="false: every speed measure off (vae_lightning.speed)"
+        )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
-        """Leave out the `progress_bar.*` bar when the trainer has none (`enable_progress_bar: false`)
-        or its callbacks bring their own, and the `predictions.*` writer outside `predict` (it has
-        nothing to do there); without a profiler configured, `vae_lightning.speed.NoProfiler`."""
+        """Leave out the `progress_bar.*` bar when the trainer shows none (`enable_progress_bar: false`)
+        or its callbacks bring their own: Lightning refuses a bar in either case.
+
+        LightningCLI builds the callbacks of `add_lightning_class_args` groups unconditionally and has no
+        public hook between building them and the Trainer (checked with Lightning 2.6.6);
+        tests/test_cli.py fails if this method stops being called with (config, callbacks).
+        """
         own = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if own or config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
-        if self.subcommand != "predict":
-            callbacks = [c for c in callbacks if not isinstance(c, LatentWriter)]
-        if config.get("profiler") is None:  # nothing to record: the same, ~50 hook calls a step cheaper
-            config = {**config, "profiler": NoProfiler()}
         return super()._instantiate_trainer(config, callbacks)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then refuse a bad explicit --ckpt_path before LightningCLI reads the hyperparameters in it,
+        and remember the run settings, which the command line decides even under --ckpt_path."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+            check_checkpoint_file(ckpt_path)
+        self.run_settings = {key: config.model[key] for key in RUN_SETTINGS if key in config.get("model", {})}
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # A checkpoint written before run settings left the hyperparameters still carries them: the
+        # config's and the command line's values win over those, as over everything a checkpoint does not say.
+        for key, value in self.run_settings.items():
+            config.model[key] = value
+        if not config.get("speed", True):
+            for key, value in PLAIN_SETTINGS.items():
+                if key in config:
+                    config[key] = value
         if self.subcommand and config.get("weights_only") is None:
             config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
         logger = config.trainer.get("logger")
@@ -128,23 +161,6 @@ class VAECLI(LightningCLI):
                     "WANDB_API_KEY), or log offline with WANDB_MODE=offline or "
                     "trainer.logger.init_args.offline: true and `wandb sync` the run later."
                 )
-
-    def _parse_ckpt_path(self) -> None:
-        """Check an explicit --ckpt_path before LightningCLI reads it: since Lightning 2.4 the CLI loads
-        the checkpoint's hyperparameters into the config here (the checkpoint's model wins)."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
-            check_checkpoint_file(ckpt_path)
-        if not subcommand or ckpt_path is None:
-            return super()._parse_ckpt_path()
-        # The checkpoint decides the model (networks, latent_dim, weights); how to run and evaluate it is
-        # the config's and the command line's to say (e.g. `test --model.nll_samples 5000`).
-        model = self.config[subcommand].get("model") or {}
-        kept = {key: model[key] for key in RUN_SETTINGS if key in model}
-        super()._parse_ckpt_path()
-        for key, value in kept.items():
-            self.config[subcommand]["model"][key] = value
 
     def _before_run(self) -> None:
         """For every subcommand: atomic checkpoint writes; `--ckpt_path last` resolved across log versions."""
@@ -187,6 +203,8 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
             save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            seed_everything_default=42,
+            trainer_defaults=TRAINER_DEFAULTS,
             args=args,
             run=run,
         )

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
+
+
+def attached_trainer(module: LightningModule) -> Trainer | None:
+    """The Trainer running `module`, or None when it runs outside one (`module.trainer` raises then)."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
 
 
 def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
@@ -13,7 +21,7 @@ def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
     Pads each rank's rows to the longest, all-gathers on the module's device, trims the padding.
     Returns the rows on the module's device; on a single process returns `rows` unchanged.
     """
-    trainer = module._trainer
+    trainer = attached_trainer(module)
     if trainer is None or trainer.world_size == 1:
         return rows
     rows = rows.to(module.device)

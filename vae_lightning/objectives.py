@@ -1,26 +1,73 @@
 """The maths of a VAE with a diagonal-Gaussian posterior, a N(0, I) prior and a Bernoulli decoder.
 
 All quantities are in nats and per image (summed over pixels and latent dimensions). Shapes:
-x (B, 1, 28, 28); mu, logvar, z (B, L); logits like x; leading sample dimensions broadcast.
+x (B, 1, 28, 28); mu, logvar (B, L); K draws of z (K, B, L); logits like x with the leading
+sample dimension. `vae_terms` is the one loss computation: training (K draws, `elbo` or `iwae`,
+the weights) and evaluation (one seeded draw) both call it. The prior appears in exactly two
+functions, `gaussian_kl` (in closed form) and `log_prior_over_posterior` (per sample): change both
+to change it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vae_lightning.errors import ConfigError, check_choice, check_number
+
+Objective = Literal["elbo", "iwae"]
+Decoder = Callable[[Tensor], Tensor]  # z (N, L) -> logits (N, 1, 28, 28)
 _IMAGE_DIMS = (-3, -2, -1)
 
 
+def check_objective(objective: str, recon_weight: float, kl_weight: float) -> tuple[Objective, float, float]:
+    """The objective and its weights as `vae_terms` takes them, or a ConfigError naming the field and the fix."""
+    check_choice("model.objective", objective, ("elbo", "iwae"))
+    recon_weight, kl_weight = (
+        check_number("model.recon_weight", recon_weight),
+        check_number("model.kl_weight", kl_weight),
+    )
+    if recon_weight == 0 and kl_weight == 0:
+        raise ConfigError(
+            "model.recon_weight and model.kl_weight are both 0: the objective is constant and nothing "
+            "would train. Set at least one of them above 0."
+        )
+    if objective == "iwae" and (recon_weight, kl_weight) != (1.0, 1.0):
+        raise ConfigError(
+            f"model.objective: iwae bounds log p(x) as a whole and has no separate terms to weight, but "
+            f"model.recon_weight={recon_weight:g} and model.kl_weight={kl_weight:g}: set both to 1, "
+            "or use objective: elbo."
+        )
+    return objective, recon_weight, kl_weight
+
+
+class Terms(NamedTuple):
+    """Per-image values (B,) of one batch."""
+
+    loss: Tensor  # what training minimises
+    recon: Tensor  # -log p(x | z), averaged over the K draws
+    kl: Tensor  # KL(q(z | x) || p(z))
+    nelbo: Tensor  # recon + kl: the negative ELBO, whatever the weights
+
+
+# ---------------------------------------------------------------------------------------- the prior
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per image, shape (...,): the analytic form."""
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+def log_prior_over_posterior(eps: Tensor, z: Tensor, logvar: Tensor) -> Tensor:
+    """log p(z) - log q(z | x) for z = mu + eps * sigma, diagonal Gaussians, per sample (...,); the
+    log(2 pi) terms cancel."""
+    return 0.5 * (eps.square() - z.square() + logvar).sum(-1)
+
+
+# ---------------------------------------------------------------------------------- the likelihood
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     """-log p(x | z) = binary cross-entropy summed over pixels, per image, shape (...,).
 
@@ -31,35 +78,72 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(_IMAGE_DIMS)
 
 
-def bernoulli_nll_mean(logits: Tensor, x: Tensor) -> Tensor:
-    """`bernoulli_nll(logits, x).mean()` for logits and x of the same shape (B, ...), in one reduction:
-    the training step's form (it skips the per-image sums: ~60 us a step of the MLP at batch 128)."""
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
-
-
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     """z = mu + eps * sigma, with eps ~ N(0, I) of shape (..., B, L)."""
     return mu + eps * torch.exp(0.5 * logvar)
 
 
-def log_prior_over_posterior(eps: Tensor, z: Tensor, logvar: Tensor) -> Tensor:
-    """log p(z) - log q(z | x) for z = mu + eps * sigma, diagonal Gaussians, per sample (...,); the
-    log(2 pi) terms cancel."""
-    return 0.5 * (eps.square() - z.square() + logvar).sum(-1)
+def log_likelihoods(x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder) -> tuple[Tensor, Tensor]:
+    """(log p(x | z_k), log p(z_k) - log q(z_k | x)) for z_k = mu + eps_k * sigma, each (K, B); one decoder call."""
+    z = reparameterize(mu, logvar, eps)  # (K, B, L)
+    logits = decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])  # (K, B, 1, 28, 28)
+    return -bernoulli_nll(logits, x), log_prior_over_posterior(eps, z, logvar)
+
+
+# ---------------------------------------------------------------------------------- the objectives
+def importance_weighted_bound(log_w: Tensor) -> Tensor:
+    """log (1/K sum_k w_k), per image, from log weights (K, B): the IWAE bound on log p(x).
+
+    With K = 1 it is the single-sample ELBO; it never decreases in expectation as K grows.
+    """
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def vae_terms(
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Tensor,
+    decoder: Decoder,
+    objective: Objective = "elbo",
+    recon_weight: float = 1.0,
+    kl_weight: float = 1.0,
+) -> Terms:
+    """The loss and its parts per image for K draws of z.
+
+    Args:
+        x: images (B, 1, 28, 28).
+        mu, logvar: q(z | x), (B, L).
+        eps: standard-normal noise (K, B, L).
+        decoder: z (N, L) -> logits (N, 1, 28, 28).
+        objective: `elbo`: `recon_weight * recon + kl_weight * kl`, recon averaged over the K draws,
+            the KL in closed form. `iwae`: minus the importance-weighted bound over the K draws
+            (Burda et al. 2015), which has no separate terms to weight.
+        recon_weight, kl_weight: the weights of the `elbo` objective.
+    """
+    log_px_z, log_pz_qz = log_likelihoods(x, mu, logvar, eps, decoder)  # (K, B) each
+    recon, kl = -log_px_z.mean(0), gaussian_kl(mu, logvar)  # (B,) each
+    if objective == "iwae":
+        loss = -importance_weighted_bound(log_px_z + log_pz_qz)
+    else:
+        loss = recon_weight * recon + kl_weight * kl
+    return Terms(loss, recon, kl, recon + kl)
 
 
 def log_importance_weights(
-    x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Callable[[Tensor], Tensor], chunk_size: int
+    x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder, chunk_size: int
 ) -> Tensor:
     """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k = mu + eps_k * sigma; shape (K, B).
+
+    Decodes at most `chunk_size` (sample, image) pairs at once, which bounds memory to about
+    chunk_size * 784 * 4 bytes per intermediate whatever K is.
 
     Args:
         x: images (B, 1, 28, 28).
         mu, logvar: q(z | x), (B, L).
         eps: standard-normal noise (K, B, L), one row of K samples per image.
         decoder: z (N, L) -> logits (N, 1, 28, 28).
-        chunk_size: at most this many (sample, image) pairs are decoded at once, bounding memory
-            to about chunk_size * 784 * 4 bytes per intermediate.
+        chunk_size: (sample, image) pairs per decoder call.
     """
     num_samples, batch = eps.shape[:2]
     sample_step, image_step = max(1, chunk_size // batch), min(batch, chunk_size)
@@ -67,18 +151,32 @@ def log_importance_weights(
     for k in range(0, num_samples, sample_step):
         columns = []
         for b in range(0, batch, image_step):  # splits the images only when chunk_size < batch
-            e = eps[k : k + sample_step, b : b + image_step]  # (k, b, L)
-            z = reparameterize(mu[b : b + image_step], logvar[b : b + image_step], e)  # (k, b, L)
-            logits = decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])  # (k, b, 1, 28, 28)
-            log_px_z = -bernoulli_nll(logits, x[b : b + image_step])  # (k, b)
-            columns.append(log_px_z + log_prior_over_posterior(e, z, logvar[b : b + image_step]))
+            images = slice(b, b + image_step)
+            log_px_z, log_pz_qz = log_likelihoods(
+                x[images], mu[images], logvar[images], eps[k : k + sample_step, images], decoder
+            )
+            columns.append(log_px_z + log_pz_qz)
         rows.append(torch.cat(columns, dim=1))
     return torch.cat(rows)
 
 
-def importance_weighted_bound(log_w: Tensor) -> Tensor:
-    """log (1/K sum_k w_k), per image, from log weights (K, B): the IWAE bound on log p(x).
+def importance_weighted_nll(
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    decoder: Decoder,
+    noise: Callable[[int, int], Tensor],
+    num_samples: int,
+    chunk_size: int,
+    block_size: int = 128,
+) -> Tensor:
+    """-log p(x) estimated with `num_samples` importance samples from q(z | x), per image (B,).
 
-    With K = 1 it is the single-sample ELBO; it never decreases in expectation as K grows.
+    The samples come from `noise(block, n)` -> (n, B, L) in blocks of `block_size`, and at most
+    `chunk_size` (sample, image) pairs are decoded at once, so memory stays bounded whatever k is.
     """
-    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+    log_w = [
+        log_importance_weights(x, mu, logvar, noise(block, min(block_size, num_samples - start)), decoder, chunk_size)
+        for block, start in enumerate(range(0, num_samples, block_size))
+    ]
+    return -importance_weighted_bound(torch.cat(log_w))

@@ -129,7 +129,13 @@ class MNISTDataModule(LightningDataModule):
             "val": (images[val_index], labels[val_index]),
             "test": (test.data, test.targets),
         }
-        fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test") if self.binarize == "dynamic" else ()
+        fixed = (
+            ("train", "val", "test")
+            if self.binarize == "static"
+            else ("val", "test")
+            if self.binarize == "dynamic"
+            else ()
+        )
         for number, name in enumerate(fixed):
             x, y = splits[name]
             generator = torch.Generator().manual_seed(mix_seed(self.seed, 0xB1, number))

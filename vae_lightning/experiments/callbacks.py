@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 
 from vae_lightning.distributed import gather_rows
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, check_choice, check_int
 from vae_lightning.experiments import compute, measures, render
 from vae_lightning.experiments.classifier import DigitClassifier, Judgement, cached_classifier, judge
 from vae_lightning.experiments.figures import figure_dir, publish
@@ -66,22 +65,6 @@ class ExperimentData:
         return cls(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
 
 
-_shared: tuple[weakref.ref, ExperimentData] | None = None  # (trainer, data) of the current validation epoch
-
-
-def epoch_data(trainer: Trainer, module: LightningModule, posterior: bool) -> ExperimentData:
-    """The test split for this validation epoch, built once and shared by every experiment callback; with
-    `posterior`, also its posterior under the current weights, gathered across ranks (call on every rank).
-    Every experiment forgets it when a validation epoch starts."""
-    global _shared
-    if _shared is None or _shared[0]() is not trainer:
-        _shared = (weakref.ref(trainer), ExperimentData.from_datamodule(trainer.datamodule))
-    data = _shared[1]
-    if posterior and data.posterior is None:
-        data.posterior = sharded_posterior(module, data.images)  # every rank: gathers
-    return data
-
-
 def sharded_posterior(module: LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
     """(mu, logvar) of all images: each rank encodes its share, every rank gets all (call on every rank)."""
     trainer = module._trainer
@@ -111,7 +94,9 @@ class Experiment(Callback):
 
     def __init__(self, every_n_epochs: int = 1) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ConfigError(f"{type(self).__name__}.every_n_epochs must be a positive integer, got {every_n_epochs!r}.")
+            raise ConfigError(
+                f"{type(self).__name__}.every_n_epochs must be a positive integer, got {every_n_epochs!r}."
+            )
         self.every_n_epochs = every_n_epochs
         self.last_png: Path | None = None
 
@@ -123,31 +108,46 @@ class Experiment(Callback):
         raise NotImplementedError
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:  # train (or load) the digit classifier now, not in the middle of training
-            digit_classifier(os.fspath(trainer.datamodule.data_dir))
-
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        global _shared
-        _shared = None  # new weights since the last epoch's data: see `epoch_data`
+        prepare_judge(trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        if self.skip_reason(pl_module) is not None:
-            return
-        folder = figure_dir(trainer)  # every rank: trainer.log_dir broadcasts
-        data = epoch_data(trainer, pl_module, self.uses_posterior)
-        if not trainer.is_global_zero:
-            return
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            outcome = self.run(pl_module, data)
-        finally:
-            pl_module.train(was_training)
-        self.last_png = publish(trainer, f"exp/{self.name}", outcome.figure, folder)
-        for key, value in outcome.measures.items():
-            pl_module.log(f"exp/{self.name}/{key}", float(value), rank_zero_only=True)
+        run_due(trainer, pl_module, [self])
+
+
+def prepare_judge(trainer: Trainer) -> None:
+    """Train (or load) the digit classifier at fit start, not in the middle of training."""
+    if trainer.is_global_zero:
+        digit_classifier(os.fspath(trainer.datamodule.data_dir))
+
+
+def run_due(trainer: Trainer, module: LightningModule, experiments: Sequence[Experiment]) -> None:
+    """Run the experiments due after this validation epoch on one copy of the test set (and its posterior,
+    encoded once and gathered across ranks when one needs it); rank 0 publishes. Call on every rank."""
+    due = [
+        e
+        for e in experiments
+        if not trainer.sanity_checking
+        and (trainer.current_epoch + 1) % e.every_n_epochs == 0
+        and e.skip_reason(module) is None
+    ]
+    if not due:
+        return
+    folder = figure_dir(trainer)  # every rank: trainer.log_dir broadcasts
+    data = ExperimentData.from_datamodule(trainer.datamodule)
+    if any(e.uses_posterior for e in due):
+        data.posterior = sharded_posterior(module, data.images)  # every rank: gathers
+    if not trainer.is_global_zero:
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        for experiment in due:
+            outcome = experiment.run(module, data)
+            experiment.last_png = publish(trainer, f"exp/{experiment.name}", outcome.figure, folder)
+            for key, value in outcome.measures.items():
+                module.log(f"exp/{experiment.name}/{key}", float(value), rank_zero_only=True)
+    finally:
+        module.train(was_training)
 
 
 def _check_index(name: str, index: int, data: ExperimentData) -> int:
@@ -175,7 +175,11 @@ class Reconstructions(Experiment):
         self.indices, self.measured = indices, measured
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        shown = list(self.indices) if self.indices else [data.first_of_digit(d) for d in range(10) if (data.labels == d).any()]
+        shown = (
+            list(self.indices)
+            if self.indices
+            else [data.first_of_digit(d) for d in range(10) if (data.labels == d).any()]
+        )
         originals = data.images[[_check_index("indices", i, data) for i in shown]]
         figure = render.image_rows(torch.stack([originals, compute.reconstruct(model, originals)]),
                                    "test images (top) and reconstructions decode(mu) (bottom)",
@@ -456,6 +460,50 @@ class PriorSamples(Experiment):
 
 EXPERIMENTS: dict[str, type[Experiment]] = {
     cls.name: cls
-    for cls in (Reconstructions, EpsilonSweep, LatentTraversal, Interpolation, LatentManifold, LatentScatter,
-                PriorSamples)  # fmt: skip
+    for cls in (
+        Reconstructions,
+        EpsilonSweep,
+        LatentTraversal,
+        Interpolation,
+        LatentManifold,
+        LatentScatter,
+        PriorSamples,
+    )  # fmt: skip
 }
+
+
+class Experiments(Callback):
+    """The experiments named in `names`, run together at the end of every `every_n_epochs`-th validation
+    epoch on one copy of the test set (and its posterior, encoded once); the CLI's `experiments.*`.
+
+    Each sends its figure to every logger that takes images, writes it as
+    `<run dir>/figures/exp_<name>-epochNNN.png`, and logs its numbers as `exp/<name>/<measure>`.
+    An experiment that does not fit the model (e.g. a 2-D grid of a 1-latent model) is skipped.
+
+    Args:
+        names: experiments to run, in order, from reconstructions, epsilon_sweep, latent_traversal,
+            interpolation, latent_manifold, latent_scatter, prior_samples; empty: none.
+        every_n_epochs: run after validation epochs n, 2n, ...
+        options: settings of single experiments by name, e.g. `{interpolation: {digits: [3, 8]}}`.
+    """
+
+    def __init__(
+        self, names: Sequence[str] = (), every_n_epochs: int = 5, options: dict[str, dict] | None = None
+    ) -> None:
+        check_int("experiments.every_n_epochs", every_n_epochs)
+        for name in [*names, *(options or {})]:
+            check_choice("experiments.names", name, tuple(EXPERIMENTS))
+        self.experiments = []
+        for name in names:
+            try:
+                experiment = EXPERIMENTS[name](**(options or {}).get(name, {}), every_n_epochs=every_n_epochs)
+            except TypeError as err:  # an option the experiment does not have
+                raise ConfigError(f"experiments.options.{name}: {err}; see the {EXPERIMENTS[name].__name__} docstring.") from err
+            self.experiments.append(experiment)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.experiments:
+            prepare_judge(trainer)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        run_due(trainer, pl_module, self.experiments)

@@ -38,7 +38,9 @@ def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     except Exception as err:
-        raise ConfigError(f"--ckpt_path {str(path)!r} could not be loaded as a vae-lightning checkpoint: {err}") from err
+        raise ConfigError(
+            f"--ckpt_path {str(path)!r} could not be loaded as a vae-lightning checkpoint: {err}"
+        ) from err
     return model.eval(), checkpoint
 
 
