@@ -28,6 +28,7 @@ last checkpoint, with its peak memory. The last line printed is JSON with every 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -38,9 +39,8 @@ import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
-
 from common import REPO, machine
+from lightning.pytorch import Callback
 
 PIXELS, EPOCH_IMAGES = 784, 60_000
 VANILLA_CONFIG = REPO / "configs" / "vanilla.yaml"
@@ -148,10 +148,8 @@ class Stopwatch(Callback):
 
 
 def reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # resets VmHWM to the current RSS (Linux)
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _status_mb(field: str) -> float:
@@ -174,13 +172,23 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
     if args.limit_batches:
         limits = [f"--trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     return [
-        subcommand, "--config", str(VANILLA_CONFIG), *limits,
-        "--trainer.callbacks", json.dumps([{"class_path": "benchmark.Stopwatch"}]), "--experiments.names", "[]",
-        "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
-        "--trainer.logger.init_args.save_dir", str(workdir),
-        "--data.data_dir", str(args.data_dir),
-        "--data.batch_size", str(args.batch_size),
-    ]  # fmt: skip
+        subcommand,
+        "--config",
+        str(VANILLA_CONFIG),
+        *limits,
+        "--trainer.callbacks",
+        json.dumps([{"class_path": "benchmark.Stopwatch"}]),
+        "--experiments.names",
+        "[]",
+        "--trainer.accelerator",
+        "gpu" if args.device == "cuda" else "cpu",
+        "--trainer.logger.init_args.save_dir",
+        str(workdir),
+        "--data.data_dir",
+        str(args.data_dir),
+        "--data.batch_size",
+        str(args.batch_size),
+    ]
 
 
 def config_precision() -> str:
@@ -196,7 +204,9 @@ def run_package(args, workdir: Path, seed: int, precision: str | None = None) ->
     from vae_lightning.cli import cli
 
     extra = ["--model.train_matmul_precision", precision] if precision else []
-    done = cli(package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed), *extra])  # fmt: skip
+    done = cli(
+        package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed), *extra]
+    )
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
     loss = float(done.trainer.callback_metrics["train/loss_epoch"])
     last = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
@@ -206,13 +216,18 @@ def run_package(args, workdir: Path, seed: int, precision: str | None = None) ->
 def run_nll(args, workdir: Path, checkpoint: str) -> dict:
     from vae_lightning.cli import cli
 
-    done = cli(package_args(args, workdir, "test") + ["--ckpt_path", checkpoint, "--model.nll_samples", str(args.nll_samples)])  # fmt: skip
+    done = cli(
+        package_args(args, workdir, "test") + ["--ckpt_path", checkpoint, "--model.nll_samples", str(args.nll_samples)]
+    )
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
     model = done.trainer.lightning_module
     return {
-        **watch.test, "k": model.nll_samples, "images": watch.test_images, "chunk_size": model.nll_chunk_size,
+        **watch.test,
+        "k": model.nll_samples,
+        "images": watch.test_images,
+        "chunk_size": model.nll_chunk_size,
         "test_nll": float(done.trainer.callback_metrics["test/nll"]),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------- (a)
@@ -220,8 +235,16 @@ def run_reference(args, seed: int) -> list[dict]:
     import reference_vae
 
     with tempfile.TemporaryDirectory() as results:
-        return reference_vae.run(str(args.data_dir), args.epochs, args.batch_size, args.device, seed,
-                                 results_dir=results, verbose=False, max_batches=args.limit_batches)  # fmt: skip
+        return reference_vae.run(
+            str(args.data_dir),
+            args.epochs,
+            args.batch_size,
+            args.device,
+            seed,
+            results_dir=results,
+            verbose=False,
+            max_batches=args.limit_batches,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -245,14 +268,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first of each is warm-up")
     parser.add_argument("--repeats", type=int, default=2, help="runs of (a) and of (b), alternated")
     parser.add_argument("--skip-reference", action="store_true", help="time (b) and (c) only")
-    parser.add_argument("--skip-full-precision", action="store_true",
-                        help="leave out (b32), the package at train_matmul_precision highest")  # fmt: skip
+    parser.add_argument(
+        "--skip-full-precision",
+        action="store_true",
+        help="leave out (b32), the package at train_matmul_precision highest",
+    )
     parser.add_argument("--nll-samples", type=int, default=1000, help="k for the test/nll timing; 0 skips it")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder holding MNIST/raw (default: $VAE_LIGHTNING_DATA_DIR or the user cache)")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding MNIST/raw (default: $VAE_LIGHTNING_DATA_DIR or the user cache)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON result to this file")
-    parser.add_argument("--limit-batches", type=int, default=None,
-                        help="at most this many batches per epoch and evaluation (a quick check of the script)")  # fmt: skip
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="at most this many batches per epoch and evaluation (a quick check of the script)",
+    )
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the CLI runs from `package_args` alone
     if args.epochs < 2:
@@ -273,8 +307,11 @@ def main() -> None:
         arms["package_full_float32"] = "highest"
     runs: dict[str, list[list[dict]]] = {"reference": [], **{arm: [] for arm in arms}}
     losses: dict[str, list[float]] = {arm: [] for arm in runs}
-    names = {"reference": "(a) pytorch/examples vae loop", "package": f"(b) vae-lightning fit ({precision})",
-             "package_full_float32": "(b32) the same at highest"}  # fmt: skip
+    names = {
+        "reference": "(a) pytorch/examples vae loop",
+        "package": f"(b) vae-lightning fit ({precision})",
+        "package_full_float32": "(b32) the same at highest",
+    }
 
     def record(arm: str, repeat: int, epochs: list[dict], loss: float) -> None:
         runs[arm].append(epochs)
@@ -298,8 +335,11 @@ def main() -> None:
         print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
         if precision != "highest":
             gemm_train = gemm_peak(device, sizes, precision)
-            print(f"(c) GEMM peak at (b)'s train_matmul_precision {precision}: {gemm_train['gflops']:.1f} GFLOP/s "
-                  f"(float32 in and out, {gemm_train['size']}^3)", flush=True)  # fmt: skip
+            print(
+                f"(c) GEMM peak at (b)'s train_matmul_precision {precision}: {gemm_train['gflops']:.1f} GFLOP/s "
+                f"(float32 in and out, {gemm_train['size']}^3)",
+                flush=True,
+            )
         nll = run_nll(args, Path(tmp), checkpoint) if args.nll_samples else None
 
     flops = train_flops_per_image(VANILLA_LAYERS) * EPOCH_IMAGES
@@ -309,18 +349,27 @@ def main() -> None:
     b = timed["package"][0]
     b32 = timed["package_full_float32"][0] if "package_full_float32" in timed else None
     result = {
-        "date": datetime.date.today().isoformat(), "machine": machine(), "device": str(device),
-        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
         "limit_batches": args.limit_batches,
-        "repeats": args.repeats, "data": "continuous pixels x/255, BCE summed over pixels + KL, mean per image",
+        "repeats": args.repeats,
+        "data": "continuous pixels x/255, BCE summed over pixels + KL, mean per image",
         "train_matmul_precision": precision,
-        **{arm: {"train_s_per_epoch": train, "eval_s_per_epoch": evaluation, "final_train_loss": losses[arm]}
-           for arm, (train, evaluation) in timed.items()},
-        "gemm_peak_gflops": gemm["gflops"], "model_gflop_per_epoch": flops / 1e9, "roofline_s_per_epoch": roofline_s,
+        **{
+            arm: {"train_s_per_epoch": train, "eval_s_per_epoch": evaluation, "final_train_loss": losses[arm]}
+            for arm, (train, evaluation) in timed.items()
+        },
+        "gemm_peak_gflops": gemm["gflops"],
+        "model_gflop_per_epoch": flops / 1e9,
+        "roofline_s_per_epoch": roofline_s,
         "roofline_fraction": roofline_s / b,
         "gemm_peak_train_precision_gflops": gemm_train["gflops"],
         "roofline_fraction_train_precision": roofline_train_s / b,
-    }  # fmt: skip
+    }
     if "reference" in timed:
         result["speedup"] = timed["reference"][0] / b
     if b32:
@@ -335,17 +384,23 @@ def main() -> None:
     if "reference" in timed:
         a = timed["reference"][0]
         print(f"speed-up (a)/(b): {a / b:.2f}x" + (f", (a)/(b32): {a / b32:.2f}x" if b32 else ""))
-    print(f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s (full precision) = "
-          f"{roofline_s:.2f} s; (b) reaches {roofline_s / b:.0%} of it"
-          + (f", (b32) {roofline_s / b32:.0%}" if b32 else ""))  # fmt: skip
+    print(
+        f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s (full precision) = "
+        f"{roofline_s:.2f} s; (b) reaches {roofline_s / b:.0%} of it"
+        + (f", (b32) {roofline_s / b32:.0%}" if b32 else "")
+    )
     if precision != "highest":
-        print(f"roofline at {precision}: {flops / 1e9:.1f} GFLOP / {gemm_train['gflops']:.1f} GFLOP/s = "
-              f"{roofline_train_s:.2f} s; (b) reaches {roofline_train_s / b:.0%} of it")  # fmt: skip
+        print(
+            f"roofline at {precision}: {flops / 1e9:.1f} GFLOP / {gemm_train['gflops']:.1f} GFLOP/s = "
+            f"{roofline_train_s:.2f} s; (b) reaches {roofline_train_s / b:.0%} of it"
+        )
     if nll:
         extra = nll["peak_memory_mb"] - nll["memory_at_start_mb"]
-        print(f"test/nll, k={nll['k']} on {nll['images']:,} images: {nll['seconds']:.1f} s, peak memory "
-              f"{nll['peak_memory_mb']:.0f} MB ({nll['memory']}; {extra:.0f} MB above its start); "
-              f"nll {nll['test_nll']:.2f}")  # fmt: skip
+        print(
+            f"test/nll, k={nll['k']} on {nll['images']:,} images: {nll['seconds']:.1f} s, peak memory "
+            f"{nll['peak_memory_mb']:.0f} MB ({nll['memory']}; {extra:.0f} MB above its start); "
+            f"nll {nll['test_nll']:.2f}"
+        )
     line = json.dumps(result)
     print(line)
     if args.json:

@@ -37,8 +37,9 @@ def latest_version(folder: Path) -> Path:
 def logged_metrics(version_dir: Path) -> dict[str, float]:
     """The last logged value of every metric in a CSVLogger's metrics.csv."""
     merged: dict[str, float] = {}
-    for row in csv.DictReader(open(version_dir / "metrics.csv")):
-        merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    with open(version_dir / "metrics.csv") as rows:
+        for row in csv.DictReader(rows):
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
     return merged
 
 

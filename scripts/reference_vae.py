@@ -62,18 +62,33 @@ def loss_function(recon_x, x, mu, logvar):
     return BCE + KLD
 
 
-def run(data_dir, epochs=10, batch_size=128, device="cpu", seed=1, log_interval=10, results_dir=None, verbose=True,
-        max_batches=None):
+def run(
+    data_dir,
+    epochs=10,
+    batch_size=128,
+    device="cpu",
+    seed=1,
+    log_interval=10,
+    results_dir=None,
+    verbose=True,
+    max_batches=None,
+):
     """Train and test as pytorch/examples does; returns one dict per epoch (seconds and mean losses)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     train_loader = torch.utils.data.DataLoader(
         datasets.MNIST(data_dir, train=True, download=False, transform=transforms.ToTensor()),
-        batch_size=batch_size, shuffle=True, **kwargs)  # fmt: skip
+        batch_size=batch_size,
+        shuffle=True,
+        **kwargs,
+    )
     test_loader = torch.utils.data.DataLoader(
         datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()),
-        batch_size=batch_size, shuffle=False, **kwargs)  # fmt: skip
+        batch_size=batch_size,
+        shuffle=False,
+        **kwargs,
+    )
     model = VAE().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     say = print if verbose else (lambda *a, **k: None)
@@ -94,10 +109,11 @@ def run(data_dir, epochs=10, batch_size=128, device="cpu", seed=1, log_interval=
             train_loss += loss.item()
             optimizer.step()
             if batch_idx % log_interval == 0:
-                say("Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}".format(
-                    epoch, batch_idx * len(data), len(train_loader.dataset),
-                    100.0 * batch_idx / len(train_loader), loss.item() / len(data)))  # fmt: skip
-        say("====> Epoch: {} Average loss: {:.4f}".format(epoch, train_loss / images))
+                say(
+                    f"Train Epoch: {epoch} [{batch_idx * len(data)}/{len(train_loader.dataset)} "
+                    f"({100.0 * batch_idx / len(train_loader):.0f}%)]\tLoss: {loss.item() / len(data):.6f}"
+                )
+        say(f"====> Epoch: {epoch} Average loss: {train_loss / images:.4f}")
         return train_loss / images, images
 
     def test(epoch):
@@ -115,7 +131,7 @@ def run(data_dir, epochs=10, batch_size=128, device="cpu", seed=1, log_interval=
                     comparison = torch.cat([data[:n], recon_batch.view(batch_size, 1, 28, 28)[:n]])
                     save_image(comparison.cpu(), os.path.join(results_dir, f"reconstruction_{epoch}.png"), nrow=n)
         test_loss /= len(test_loader.dataset)
-        say("====> Test set loss: {:.4f}".format(test_loss))
+        say(f"====> Test set loss: {test_loss:.4f}")
         return test_loss
 
     epochs_done = []
@@ -131,10 +147,15 @@ def run(data_dir, epochs=10, batch_size=128, device="cpu", seed=1, log_interval=
                 save_image(sample.view(64, 1, 28, 28), os.path.join(results_dir, f"sample_{epoch}.png"))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        epochs_done.append({
-            "train_s": trained - start, "epoch_s": time.perf_counter() - start, "images": images,
-            "train_loss": train_loss, "test_loss": test_loss,
-        })  # fmt: skip
+        epochs_done.append(
+            {
+                "train_s": trained - start,
+                "epoch_s": time.perf_counter() - start,
+                "images": images,
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+            }
+        )
     return epochs_done
 
 

@@ -45,16 +45,26 @@ def main() -> None:
     for name in args.runs:
         variant, extra = RUNS[name]
         save_dir = args.workdir / name
-        common = ["--config", f"configs/{variant}.yaml", *extra, "--trainer.enable_progress_bar", "false",
-                  "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name]  # fmt: skip
+        common = [
+            "--config",
+            f"configs/{variant}.yaml",
+            *extra,
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(save_dir),
+            "--trainer.logger.init_args.name",
+            name,
+        ]
         save_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] fit ...", flush=True)
         fit_seconds = run([*cli, "fit", *common], save_dir / "fit.log")
         fit_dir = latest_version(save_dir / name)
         config = (fit_dir / "config.yaml").read_text()
         print(f"[{name}] fit {fit_seconds:.0f} s; test ...", flush=True)
-        test_seconds = run([*cli, "test", *common, "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt")],
-                           save_dir / "test.log")  # fmt: skip
+        test_seconds = run(
+            [*cli, "test", *common, "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt")], save_dir / "test.log"
+        )
         test_dir = latest_version(save_dir / name)
         metrics = {k: v for k, v in logged_metrics(test_dir).items() if k.startswith("test/")}
         resolved = yaml.safe_load(config)
@@ -83,9 +93,11 @@ def main() -> None:
     print("\n| run | data | objective (k) | epochs | batch | test nelbo | test nll (k) | fit s | test s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
-        print(f"| {r['name']} | {r['binarize']} | {r['objective']} ({r['train_samples']}) | {r['epochs']} | "
-              f"{r['batch_size']} | {r['test/nelbo']:.2f} | {r['test/nll']:.2f} ({r['nll_samples']}) | "
-              f"{r['fit_seconds']:.0f} | {r['test_seconds']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['name']} | {r['binarize']} | {r['objective']} ({r['train_samples']}) | {r['epochs']} | "
+            f"{r['batch_size']} | {r['test/nelbo']:.2f} | {r['test/nll']:.2f} ({r['nll_samples']}) | "
+            f"{r['fit_seconds']:.0f} | {r['test_seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

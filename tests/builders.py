@@ -24,6 +24,13 @@ def tiny_data(tiny_mnist, **kwargs) -> MNISTDataModule:
 
 def quiet_trainer(**kwargs) -> Trainer:
     """A one-device CPU Trainer with no logger, bar, model summary or checkpoints unless given."""
-    kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "enable_checkpointing": False, **kwargs}  # fmt: skip
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        **kwargs,
+    }
     return Trainer(**kwargs)

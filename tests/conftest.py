@@ -69,13 +69,24 @@ def tiny_config(tiny_mnist, tmp_path: Path) -> Path:
     """A config piece pointing the CLI at the tiny set, composed after a variant config."""
     data_dir, checksums = tiny_mnist
     piece = {
-        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "logs")}},
-                    "enable_progress_bar": False, "enable_model_summary": False},
+        "trainer": {
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "logs")},
+            },
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
         "model": {"nll_samples": 8},
-        "data": {"data_dir": str(data_dir), "checksums": checksums, "val_size": 50, "batch_size": 50,
-                 "eval_batch_size": 40, "download": False},
-    }  # fmt: skip
+        "data": {
+            "data_dir": str(data_dir),
+            "checksums": checksums,
+            "val_size": 50,
+            "batch_size": 50,
+            "eval_batch_size": 40,
+            "download": False,
+        },
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(piece))
     return path
@@ -123,5 +134,9 @@ def cli_error(run_cli, capsys, *args, code: int = 2) -> str:
 
 def subprocess_env(cwd: Path) -> dict[str, str]:
     """The environment of a CLI subprocess: tests/ importable (probes.py), no default data dir reachable."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }

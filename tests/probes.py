@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
+
 from vae_lightning.nets import MLPEncoder
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from benchmark import VANILLA_LAYERS, train_flops_per_image  # noqa: E402
+from benchmark import VANILLA_LAYERS, train_flops_per_image
 
 
 def test_the_vanilla_mlp_costs_197_gflop_of_matrix_multiplies_per_epoch():
@@ -24,10 +24,27 @@ def test_the_vanilla_mlp_costs_197_gflop_of_matrix_multiplies_per_epoch():
 def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_mnist, tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--data-dir", str(real_mnist), "--epochs", "2",
-         "--repeats", "1", "--limit-batches", "8", "--nll-samples", "4", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "scripts" / "benchmark.py"),
+            "--data-dir",
+            str(real_mnist),
+            "--epochs",
+            "2",
+            "--repeats",
+            "1",
+            "--limit-batches",
+            "8",
+            "--nll-samples",
+            "4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert json.loads(done.stdout.strip().splitlines()[-1]) == result  # the last line printed is the JSON

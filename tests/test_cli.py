@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.profilers import SimpleProfiler
 import yaml
 from conftest import CONFIGS, VARIANTS, cli_error
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.profilers import SimpleProfiler
 
 from vae_lightning import VAELitModule
 from vae_lightning.speed import TimedProgressBar
@@ -36,7 +36,9 @@ def test_help(run_cli, capsys, subcommand):
         assert "global training batch size" in out and "importance samples per test image" in out
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "vae_lightning"], [Path(sys.executable).parent / "vae-lightning"]])
+@pytest.mark.parametrize(
+    "command", [[sys.executable, "-m", "vae_lightning"], [Path(sys.executable).parent / "vae-lightning"]]
+)
 def test_python_dash_m_and_the_console_script_run_the_cli(command):
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "{fit,validate,test,predict}" in done.stdout, done.stderr
@@ -58,8 +60,9 @@ def test_each_variant_config_prints_the_seed_setting(run_cli, capsys, variant):
 
 
 def test_trainer_and_logger_pieces_compose(run_cli, capsys):
-    config = printed_config(run_cli, capsys, CONFIGS / "two_latent.yaml", CONFIGS / "trainer/cpu.yaml",
-                            CONFIGS / "logger/csv.yaml")  # fmt: skip
+    config = printed_config(
+        run_cli, capsys, CONFIGS / "two_latent.yaml", CONFIGS / "trainer/cpu.yaml", CONFIGS / "logger/csv.yaml"
+    )
     assert config["trainer"]["accelerator"] == "cpu"
     assert config["trainer"]["logger"]["init_args"]["name"] == "two_latent"  # the variant's name survives
     assert config["model"]["latent_dim"] == 2
@@ -74,8 +77,9 @@ def test_latent_dim_is_given_once_and_linked_into_both_networks(run_cli, variant
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_dev_run_of_each_variant(run_cli, tiny_config, variant):
-    cli = run_cli("fit", "--config", CONFIGS / f"{variant}.yaml", "--config", tiny_config,
-                  "--trainer.fast_dev_run", "true")  # fmt: skip
+    cli = run_cli(
+        "fit", "--config", CONFIGS / f"{variant}.yaml", "--config", tiny_config, "--trainer.fast_dev_run", "true"
+    )
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert "val/nelbo" in cli.trainer.callback_metrics
@@ -112,8 +116,17 @@ def test_fit_writes_last_and_best_then_test_predict_and_reload_work(run_cli, tin
 
 def test_last_ckpt_holds_the_final_epoch_even_when_the_best_is_earlier(run_cli, tiny_config, tmp_path):
     # mode "max" makes the "best" the worst validation: the first epoch, since training lowers val/nelbo
-    fit = run_cli("fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.max_epochs", "3",
-                  "--checkpoint.mode", "max")  # fmt: skip
+    fit = run_cli(
+        "fit",
+        "--config",
+        CONFIGS / "vanilla.yaml",
+        "--config",
+        tiny_config,
+        "--trainer.max_epochs",
+        "3",
+        "--checkpoint.mode",
+        "max",
+    )
     folder = tmp_path / "logs" / "vanilla" / "version_0" / "checkpoints"
     best = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
     last = torch.load(folder / "last.ckpt", weights_only=True)
@@ -144,29 +157,61 @@ def test_bad_input_is_refused_before_training_with_the_field_named(run_cli, caps
 
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
     (tmp_path / "a-file").write_text("")
-    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
-                   "--data.data_dir", tmp_path / "a-file")  # fmt: skip
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        "--config",
+        CONFIGS / "vanilla.yaml",
+        "--config",
+        tiny_config,
+        "--data.data_dir",
+        tmp_path / "a-file",
+    )
     assert "data.data_dir=" in err and "is a file, not a folder" in err
 
 
 def test_an_unwritable_data_dir_is_refused_when_files_are_needed(run_cli, capsys, tiny_config):
-    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "vanilla.yaml", "--config", tiny_config,
-                   "--data.data_dir", "/sys/vae-lightning-test", "--data.download", "true")  # fmt: skip
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        "--config",
+        CONFIGS / "vanilla.yaml",
+        "--config",
+        tiny_config,
+        "--data.data_dir",
+        "/sys/vae-lightning-test",
+        "--data.download",
+        "true",
+    )
     assert "data.data_dir='/sys/vae-lightning-test' is not writable" in err
 
 
 def test_the_ddp_pieces_compose(run_cli, capsys):
     config = printed_config(run_cli, capsys, CONFIGS / "vanilla.yaml", CONFIGS / "trainer/ddp.yaml")
     assert (config["trainer"]["accelerator"], config["trainer"]["devices"], config["trainer"]["strategy"]) == (
-        "gpu", -1, "ddp")  # fmt: skip
+        "gpu",
+        -1,
+        "ddp",
+    )
     config = printed_config(run_cli, capsys, CONFIGS / "vanilla.yaml", CONFIGS / "trainer/ddp_cpu.yaml")
     assert config["trainer"]["strategy"]["init_args"]["process_group_backend"] == "gloo"
     assert config["trainer"]["devices"] == 2 and config["model"]["latent_dim"] == 20
 
 
 def test_bf16_mixed_precision_trains(run_cli, tiny_config):
-    cli = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run",
-                  "true", "--trainer.precision", "bf16-mixed")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        "--config",
+        CONFIGS / "two_latent.yaml",
+        "--config",
+        tiny_config,
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.precision",
+        "bf16-mixed",
+    )
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"]) and "val/nelbo" in cli.trainer.callback_metrics
 
 
@@ -178,8 +223,9 @@ def test_the_progress_bar_redraws_by_the_clock_and_gives_way(run_cli, tiny_confi
     args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.enable_progress_bar")
     [bar] = bars(run_cli(*args, "true", run=False))
     assert type(bar) is TimedProgressBar and (bar.refresh_rate, bar.refresh_seconds) == (1, 0.1)
-    [bar] = bars(run_cli(*args, "true", "--progress_bar.refresh_seconds", "0", "--progress_bar.refresh_rate", "4",
-                         run=False))  # fmt: skip
+    [bar] = bars(
+        run_cli(*args, "true", "--progress_bar.refresh_seconds", "0", "--progress_bar.refresh_rate", "4", run=False)
+    )
     assert (bar.refresh_rate, bar.refresh_seconds) == (4, 0)
     assert bars(run_cli(*args, "false", run=False)) == []  # no bar, and no clash with enable_progress_bar
     own = '[{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}]'
@@ -209,8 +255,21 @@ def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(
     run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1")
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
     assert "nll_samples" not in torch.load(last, weights_only=True)["hyper_parameters"]  # how to run: not the model
-    test = run_cli("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--ckpt_path", last,
-                   "--model.nll_samples", "3", "--model.eval_seed", "5", "--model.latent_dim", "7")  # fmt: skip
+    test = run_cli(
+        "test",
+        "--config",
+        CONFIGS / "two_latent.yaml",
+        "--config",
+        tiny_config,
+        "--ckpt_path",
+        last,
+        "--model.nll_samples",
+        "3",
+        "--model.eval_seed",
+        "5",
+        "--model.latent_dim",
+        "7",
+    )
     model = test.trainer.lightning_module
     assert (model.nll_samples, model.eval_seed) == (3, 5)  # how to evaluate: the command line's
     assert model.latent_dim == 2  # what the model is: the checkpoint's
@@ -223,8 +282,19 @@ def test_an_old_checkpoint_s_run_settings_give_way_to_the_command_line(run_cli, 
 
     fixtures = Path(__file__).parent / "fixtures"
     assert torch.load(fixtures / "pre_simplicity.ckpt", weights_only=True)["hyper_parameters"]["nll_samples"] == 8
-    test = run_cli("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--ckpt_path",
-                   fixtures / "pre_simplicity.ckpt", "--model.nll_samples", "32", "--model.eval_seed", "3")  # fmt: skip
+    test = run_cli(
+        "test",
+        "--config",
+        CONFIGS / "two_latent.yaml",
+        "--config",
+        tiny_config,
+        "--ckpt_path",
+        fixtures / "pre_simplicity.ckpt",
+        "--model.nll_samples",
+        "32",
+        "--model.eval_seed",
+        "3",
+    )
     model = test.trainer.lightning_module
     assert (model.nll_samples, model.eval_seed) == (32, 3)
     expected = json.loads((fixtures / "expected.json").read_text())["nll_samples_32_eval_seed_3"]

@@ -61,7 +61,9 @@ def test_batches_already_on_the_device_pass_as_they_are_others_are_moved(tiny_mn
     dm = make(tiny_mnist)
     batch = next(iter(dm.train_dataloader()))
     same = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
-    assert same is batch and all(a is b for a, b in zip(same, batch))  # no copy, no walk (Lightning's makes a new tuple)
+    assert same is batch and all(
+        a is b for a, b in zip(same, batch)
+    )  # no copy, no walk (Lightning's makes a new tuple)
     moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)  # a device CI has: Lightning's move
     assert [t.device.type for t in moved] == ["meta", "meta"] and moved[0].shape == batch[0].shape
 
@@ -117,8 +119,10 @@ def test_static_binarization_is_one_fixed_sample_per_image(tiny_mnist):
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_ddp_shards_are_disjoint_complete_and_equally_long(world_size, shuffle):
     num_items, batch_size = 103, 12
-    ranks = [ShardedBatchSampler(num_items, batch_size, shuffle, seed=5, rank=r, world_size=world_size)
-             for r in range(world_size)]  # fmt: skip
+    ranks = [
+        ShardedBatchSampler(num_items, batch_size, shuffle, seed=5, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     for sampler in ranks:
         sampler.set_epoch(3)
     shards = [list(sampler) for sampler in ranks]

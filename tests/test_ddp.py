@@ -32,9 +32,26 @@ def test_the_entry_point_releases_the_process_group_when_the_run_is_over(tiny_co
     ProcessGroupSeen.seen.clear()
     environment = dict(os.environ)
     try:
-        main(["fit", "--config", str(CONFIGS / "two_latent.yaml"), "--config", str(tiny_config), *map(str, DDP_CPU),
-              "--trainer.devices", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-              "--trainer.limit_val_batches", "1", "--trainer.callbacks", '[{"class_path": "probes.ProcessGroupSeen"}]'])  # fmt: skip
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "two_latent.yaml"),
+                "--config",
+                str(tiny_config),
+                *map(str, DDP_CPU),
+                "--trainer.devices",
+                "1",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.callbacks",
+                '[{"class_path": "probes.ProcessGroupSeen"}]',
+            ]
+        )
     finally:  # Lightning's launcher leaves LOCAL_RANK, MASTER_PORT, ... here; later DDP subprocesses would inherit them
         os.environ.clear()
         os.environ.update(environment)
@@ -46,8 +63,9 @@ def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int 
     """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
     env = subprocess_env(cwd)
     command = [sys.executable, "-m", "vae_lightning", *map(os.fspath, args)]
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -60,7 +78,7 @@ def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int 
 
 def read_metrics(log_root: Path, prefix: str) -> dict[str, float]:
     (version,) = [p for p in log_root.iterdir() if (p / "metrics.csv").exists()]
-    rows = list(csv.DictReader(open(version / "metrics.csv")))
+    rows = list(csv.DictReader((version / "metrics.csv").read_text().splitlines()))
     return {k: float(v) for row in rows for k, v in row.items() if k.startswith(prefix) and v}
 
 
@@ -68,22 +86,52 @@ def read_metrics(log_root: Path, prefix: str) -> dict[str, float]:
 def test_a_two_process_fit_gathers_experiments_and_two_processes_test_and_predict_like_one(tiny_config, tmp_path):
     base = ["--config", CONFIGS / "two_latent.yaml", "--config", tiny_config]
     experiments = tmp_path / "experiments.yaml"  # two experiments that gather the test posterior across ranks
-    experiments.write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "vae_lightning.experiments.LatentScatter"},
-        {"class_path": "vae_lightning.experiments.EpsilonSweep"},
-    ]}}))  # fmt: skip
-    out = cli_subprocess(["fit", *base, "--config", experiments, *DDP_CPU, "--trainer.max_epochs", "1",
-                          "--trainer.logger.init_args.name", "fit"], tmp_path)  # fmt: skip
+    experiments.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {"class_path": "vae_lightning.experiments.LatentScatter"},
+                        {"class_path": "vae_lightning.experiments.EpsilonSweep"},
+                    ]
+                }
+            }
+        )
+    )
+    out = cli_subprocess(
+        [
+            "fit",
+            *base,
+            "--config",
+            experiments,
+            *DDP_CPU,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger.init_args.name",
+            "fit",
+        ],
+        tmp_path,
+    )
     assert "MEMBER: 2/2" in out
     run = tmp_path / "logs" / "fit" / "version_0"
     assert sorted(p.name for p in (run / "figures").iterdir()) == [
-        "exp_epsilon_sweep-epoch000.png", "exp_latent_scatter-epoch000.png"]  # fmt: skip
+        "exp_epsilon_sweep-epoch000.png",
+        "exp_latent_scatter-epoch000.png",
+    ]
     logged = read_metrics(tmp_path / "logs" / "fit", "exp/")
     checkpoint = run / "checkpoints" / "last.ckpt"
 
     # the figures' numbers from the gathered posterior equal a single process's on the same weights
-    single = experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "single"),
-                               "--experiments", "[latent_scatter, epsilon_sweep]"])["experiments"]  # fmt: skip
+    single = experiments_main(
+        [
+            "--ckpt_path",
+            str(checkpoint),
+            "--output_dir",
+            str(tmp_path / "single"),
+            "--experiments",
+            "[latent_scatter, epsilon_sweep]",
+        ]
+    )["experiments"]
     for name, values in single.items():
         for key, value in values.items():
             assert logged[f"exp/{name}/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
@@ -91,16 +139,43 @@ def test_a_two_process_fit_gathers_experiments_and_two_processes_test_and_predic
     results, latents = {}, {}
     for name, extra in (("one", ["--trainer.devices", "1"]), ("two", DDP_CPU)):
         for stage in ("validate", "test"):
-            out = cli_subprocess([stage, *base, *extra, "--ckpt_path", checkpoint, "--trainer.logger.init_args.name",
-                                  f"{stage}_{name}", "--data.eval_batch_size", "30"], tmp_path)  # fmt: skip
+            out = cli_subprocess(
+                [
+                    stage,
+                    *base,
+                    *extra,
+                    "--ckpt_path",
+                    checkpoint,
+                    "--trainer.logger.init_args.name",
+                    f"{stage}_{name}",
+                    "--data.eval_batch_size",
+                    "30",
+                ],
+                tmp_path,
+            )
             assert ("MEMBER: 2/2" in out) == (name == "two")  # really two ranks
-        results[name] = {**read_metrics(tmp_path / "logs" / f"validate_{name}", "val/"),
-                         **read_metrics(tmp_path / "logs" / f"test_{name}", "test/")}  # fmt: skip
-        cli_subprocess(["predict", *base, *extra, "--ckpt_path", checkpoint, "--predictions.output_dir",
-                        tmp_path / f"predict_{name}", "--data.eval_batch_size", "30"], tmp_path)  # fmt: skip
+        results[name] = {
+            **read_metrics(tmp_path / "logs" / f"validate_{name}", "val/"),
+            **read_metrics(tmp_path / "logs" / f"test_{name}", "test/"),
+        }
+        cli_subprocess(
+            [
+                "predict",
+                *base,
+                *extra,
+                "--ckpt_path",
+                checkpoint,
+                "--predictions.output_dir",
+                tmp_path / f"predict_{name}",
+                "--data.eval_batch_size",
+                "30",
+            ],
+            tmp_path,
+        )
         latents[name] = torch.load(tmp_path / f"predict_{name}" / "latents_test.pt", weights_only=True)
-    assert set(results["one"]) == {f"{stage}/{k}" for stage in ("val", "test") for k in ("loss", "recon", "kl", "nelbo")
-                                   } | {"test/nll"}  # fmt: skip
+    assert set(results["one"]) == {
+        f"{stage}/{k}" for stage in ("val", "test") for k in ("loss", "recon", "kl", "nelbo")
+    } | {"test/nll"}
     for key, value in results["one"].items():
         assert results["two"][key] == pytest.approx(value, rel=1e-5), key
     assert torch.equal(latents["two"]["index"], torch.arange(100))  # every image once, in order
@@ -115,10 +190,30 @@ def test_every_rank_trains_on_a_disjoint_shard_and_each_epoch_covers_the_trainin
     from vae_lightning.data import MNISTDataModule
 
     probe = tmp_path / "probe.yaml"
-    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "probes.SeenImages", "init_args": {"out_dir": str(tmp_path / "seen")}}]}}))  # fmt: skip
-    out = cli_subprocess(["fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", probe,
-                          *DDP_CPU, "--trainer.max_epochs", "2"], tmp_path)  # fmt: skip
+    probe.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [{"class_path": "probes.SeenImages", "init_args": {"out_dir": str(tmp_path / "seen")}}]
+                }
+            }
+        )
+    )
+    out = cli_subprocess(
+        [
+            "fit",
+            "--config",
+            CONFIGS / "two_latent.yaml",
+            "--config",
+            tiny_config,
+            "--config",
+            probe,
+            *DDP_CPU,
+            "--trainer.max_epochs",
+            "2",
+        ],
+        tmp_path,
+    )
     assert "MEMBER: 2/2" in out
     seen = [json.loads((tmp_path / "seen" / f"rank{r}.json").read_text()) for r in (0, 1)]
     config = yaml.safe_load(tiny_config.read_text())["data"]

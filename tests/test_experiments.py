@@ -26,8 +26,11 @@ def fit(tiny_mnist, logger, callbacks, epochs=1, latent_dim=2):
 
 
 def all_experiments(**kwargs):
-    settings = {"latent_traversal": {"steps": 5}, "prior_samples": {"num_samples": 50, "shown": 16},
-                "interpolation": {"digits": (3, 8)}}  # fmt: skip
+    settings = {
+        "latent_traversal": {"steps": 5},
+        "prior_samples": {"num_samples": 50, "shown": 16},
+        "interpolation": {"digits": (3, 8)},
+    }
     return [cls(**settings.get(name, {}), **kwargs) for name, cls in EXPERIMENTS.items()]
 
 
@@ -43,7 +46,7 @@ def test_every_experiment_draws_a_png_of_its_figure_size_and_logs_its_measures(t
         outcome = callback.run(m, data)  # the same figure again (run is deterministic)
         width, height = (outcome.figure.get_size_inches() * outcome.figure.dpi).round().astype(int)
         assert matplotlib.image.imread(png).shape[:2] == (height, width), callback.name
-    rows = list(csv.DictReader(open(Path(trainer.log_dir) / "metrics.csv")))
+    rows = list(csv.DictReader((Path(trainer.log_dir) / "metrics.csv").read_text().splitlines()))
     logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("exp/") and v}
     expected = {f"exp/{c.name}/{k}" for c in callbacks for k in c.run(m, data).measures}
     assert set(logged) == expected
@@ -101,16 +104,33 @@ def test_an_experiment_that_does_not_fit_the_model_is_skipped(tiny_mnist, tmp_pa
 
 
 def checkpoint_of_a_short_fit(run_cli, tiny_config, tmp_path, variant="two_latent") -> Path:
-    run_cli("fit", "--config", Path(__file__).parents[1] / "configs" / f"{variant}.yaml", "--config", tiny_config,
-            "--trainer.max_epochs", "1")  # fmt: skip
+    run_cli(
+        "fit",
+        "--config",
+        Path(__file__).parents[1] / "configs" / f"{variant}.yaml",
+        "--config",
+        tiny_config,
+        "--trainer.max_epochs",
+        "1",
+    )
     return tmp_path / "logs" / variant / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def test_the_command_renders_and_measures_a_checkpoint(run_cli, tiny_config, tmp_path, capsys):
     checkpoint = checkpoint_of_a_short_fit(run_cli, tiny_config, tmp_path)
     out = tmp_path / "experiments"
-    record = experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(out),
-                               "--latent_traversal.steps", "5", "--interpolation.digits", "[3, 8]"])  # fmt: skip
+    record = experiments_main(
+        [
+            "--ckpt_path",
+            str(checkpoint),
+            "--output_dir",
+            str(out),
+            "--latent_traversal.steps",
+            "5",
+            "--interpolation.digits",
+            "[3, 8]",
+        ]
+    )
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{name}.png" for name in EXPERIMENTS)
     written = json.loads((out / "measures.json").read_text())
     assert written == json.loads(json.dumps(record))
@@ -123,8 +143,18 @@ def test_the_command_renders_and_measures_a_checkpoint(run_cli, tiny_config, tmp
     with pytest.raises(SystemExit) as refused:  # an earlier result is never overwritten silently
         experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(out)])
     assert refused.value.code == 2 and "pass --overwrite true" in capsys.readouterr().err
-    experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(out), "--overwrite", "true",
-                      "--experiments", "[prior_samples]"])  # fmt: skip
+    experiments_main(
+        [
+            "--ckpt_path",
+            str(checkpoint),
+            "--output_dir",
+            str(out),
+            "--overwrite",
+            "true",
+            "--experiments",
+            "[prior_samples]",
+        ]
+    )
     assert set(json.loads((out / "measures.json").read_text())["experiments"]) == {"prior_samples"}
 
 
@@ -145,7 +175,6 @@ def test_the_command_refuses_a_bad_checkpoint(run_cli, tiny_config, tmp_path, ca
 
 def test_the_configs_switch_on_the_experiments_that_fit_them(run_cli, capsys):
     import yaml
-
     from conftest import CONFIGS
 
     expected = {
@@ -184,8 +213,12 @@ def test_the_experiments_group_runs_them_on_one_copy_of_the_data_and_measures_as
     names, options = ["latent_scatter", "prior_samples"], {"prior_samples": {"num_samples": 50, "shown": 16}}
     group = Experiments(names, every_n_epochs=1, options=options)
     trainer, _, _ = fit(tiny_mnist, CSVLogger(tmp_path / "group"), [group])
-    reference, _, _ = fit(tiny_mnist, CSVLogger(tmp_path / "alone"), [EXPERIMENTS[n](**options.get(n, {})) for n in names])
-    ours, theirs = ({k: float(v) for k, v in t.callback_metrics.items() if k.startswith("exp/")} for t in (trainer, reference))
+    reference, _, _ = fit(
+        tiny_mnist, CSVLogger(tmp_path / "alone"), [EXPERIMENTS[n](**options.get(n, {})) for n in names]
+    )
+    ours, theirs = (
+        {k: float(v) for k, v in t.callback_metrics.items() if k.startswith("exp/")} for t in (trainer, reference)
+    )
     assert ours == theirs and len(ours) == 10  # 9 of latent_scatter, 1 of prior_samples
     assert [e.last_png.name for e in group.experiments] == [f"exp_{n}-epoch000.png" for n in names]
 
@@ -194,7 +227,10 @@ def test_the_experiments_group_runs_them_on_one_copy_of_the_data_and_measures_as
     ("kwargs", "match"),
     [
         ({"names": ["latent_scater"]}, "experiments.names must be 'reconstructions', "),
-        ({"names": ["interpolation"], "options": {"interpolation": {"digit": [3, 8]}}}, "experiments.options.interpolation"),
+        (
+            {"names": ["interpolation"], "options": {"interpolation": {"digit": [3, 8]}}},
+            "experiments.options.interpolation",
+        ),
         ({"every_n_epochs": 0}, "experiments.every_n_epochs must be a positive integer"),
     ],
 )

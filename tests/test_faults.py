@@ -24,8 +24,21 @@ def fit_once(run_cli, tiny_config, tmp_path, *extra) -> Path:
 
 def test_a_non_finite_loss_stops_the_run_before_it_updates_the_weights(run_cli, capsys, tiny_config, tmp_path):
     # NaNAfter (tests/probes.py) breaks on its 7th training call: global step 6, epoch 1, batch 1
-    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3",
-                  "--model.encoder", "probes.NaNAfter", "--model.encoder.init_args.after", "7", code=1)  # fmt: skip
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        *TWO,
+        "--config",
+        tiny_config,
+        "--trainer.max_epochs",
+        "3",
+        "--model.encoder",
+        "probes.NaNAfter",
+        "--model.encoder.init_args.after",
+        "7",
+        code=1,
+    )
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
     assert "non-finite loss at global step 6 (epoch 1, batch 1 of the epoch; loss=nan" in err
     assert f"Last good checkpoint: {last}" in err and "model.nonfinite: skip" in err
@@ -35,22 +48,55 @@ def test_a_non_finite_loss_stops_the_run_before_it_updates_the_weights(run_cli, 
 
 def test_nonfinite_skip_skips_the_bad_updates_and_finishes(run_cli, tiny_config, tmp_path):
     with pytest.warns(UserWarning, match="skipped this batch's update") as caught:
-        cli = run_cli("fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "2", "--model.nonfinite", "skip",
-                      "--model.encoder", "probes.NaNAfter", "--model.encoder.init_args.after", "7")  # fmt: skip
+        cli = run_cli(
+            "fit",
+            *TWO,
+            "--config",
+            tiny_config,
+            "--trainer.max_epochs",
+            "2",
+            "--model.nonfinite",
+            "skip",
+            "--model.encoder",
+            "probes.NaNAfter",
+            "--model.encoder.init_args.after",
+            "7",
+        )
     skipped = [str(w.message) for w in caught if "skipped this batch's update" in str(w.message)]
     assert [m.split(" (")[0] for m in skipped] == [f"non-finite loss at global step {s}" for s in (6, 7, 8, 9)]
     assert cli.trainer.state.finished
     # every update from step 6 on was skipped: the weights are those of the same run stopped after 6 steps
-    reference = run_cli("fit", *TWO, "--config", tiny_config, "--trainer.max_steps", "6", "--model.encoder",
-                        "probes.NaNAfter", "--model.encoder.init_args.after", "7")  # fmt: skip
+    reference = run_cli(
+        "fit",
+        *TWO,
+        "--config",
+        tiny_config,
+        "--trainer.max_steps",
+        "6",
+        "--model.encoder",
+        "probes.NaNAfter",
+        "--model.encoder.init_args.after",
+        "7",
+    )
     assert reference.trainer.global_step == 6
     assert all(torch.equal(p, reference.model.state_dict()[k]) for k, p in cli.model.state_dict().items())
 
 
 def test_resuming_with_a_config_of_another_architecture_is_refused(run_cli, capsys, tiny_config, tmp_path):
     fit_once(run_cli, tiny_config, tmp_path)  # a 2-latent MLP, logged as "two_latent"
-    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "cnn.yaml", "--config", tiny_config, "--ckpt_path",
-                  "last", "--trainer.logger.init_args.name", "two_latent")  # fmt: skip
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        "--config",
+        CONFIGS / "cnn.yaml",
+        "--config",
+        tiny_config,
+        "--ckpt_path",
+        "last",
+        "--trainer.logger.init_args.name",
+        "two_latent",
+    )
     assert "architecture does not fit the model built from the config (latent_dim=2 in the checkpoint, 20 in" in err
     assert "encoder MLPEncoder in the checkpoint, ConvEncoder in the config" in err
     assert "missing from the checkpoint" in err and "its config.yaml" in err
@@ -65,9 +111,12 @@ def test_loading_weights_of_another_size_in_python_is_refused(run_cli, tiny_conf
     checkpoint = fit_once(run_cli, tiny_config, tmp_path)
     model = VAELitModule(MLPEncoder(20), MLPDecoder(20), latent_dim=20)
     data = yaml.safe_load(tiny_config.read_text())["data"]
-    with pytest.raises(ConfigError, match=r"encoder.head.weight: \(4, 400\) in the checkpoint, \(40, 400\) in the model"):
-        Trainer(logger=False, enable_progress_bar=False).test(model, MNISTDataModule(**data), ckpt_path=checkpoint,
-                                                              weights_only=True)  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"encoder.head.weight: \(4, 400\) in the checkpoint, \(40, 400\) in the model"
+    ):
+        Trainer(logger=False, enable_progress_bar=False).test(
+            model, MNISTDataModule(**data), ckpt_path=checkpoint, weights_only=True
+        )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "missing"])
@@ -105,8 +154,19 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(run_cli, 
 
 
 def test_an_unwritable_checkpoint_folder_stops_with_a_clear_error(run_cli, capsys, tiny_config, tmp_path):
-    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "1",
-                  "--last_checkpoint.dirpath", "/sys/vae-lightning-test", code=1)  # sysfs: no new files, even for root
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        *TWO,
+        "--config",
+        tiny_config,
+        "--trainer.max_epochs",
+        "1",
+        "--last_checkpoint.dirpath",
+        "/sys/vae-lightning-test",
+        code=1,
+    )  # sysfs: no new files, even for root
     assert "could not write checkpoint /sys/vae-lightning-test/last.ckpt" in err and "make" in err
 
 
@@ -114,11 +174,23 @@ def test_an_unwritable_checkpoint_folder_stops_with_a_clear_error(run_cli, capsy
 def test_a_write_failure_keeps_the_previous_checkpoint_intact(tiny_config, tmp_path):
     """A real failed write: the resumed process may not write files over 1 MB (RLIMIT_FSIZE)."""
     folder = tmp_path / "fixed"
-    common = [sys.executable, "-m", "vae_lightning", "fit", *map(str, TWO), "--config", str(tiny_config),
-              "--last_checkpoint.dirpath", str(folder), "--checkpoint.save_top_k", "0"]  # fmt: skip
+    common = [
+        sys.executable,
+        "-m",
+        "vae_lightning",
+        "fit",
+        *map(str, TWO),
+        "--config",
+        str(tiny_config),
+        "--last_checkpoint.dirpath",
+        str(folder),
+        "--checkpoint.save_top_k",
+        "0",
+    ]
     env = subprocess_env(tmp_path)
-    first = subprocess.run([*common, "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=240)  # fmt: skip
+    first = subprocess.run(
+        [*common, "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     before = (folder / "last.ckpt").read_bytes()
     assert len(before) > 1 << 20
@@ -127,10 +199,20 @@ def test_a_write_failure_keeps_the_previous_checkpoint_intact(tiny_config, tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    second = subprocess.run([*common, "--trainer.max_epochs", "2", "--ckpt_path", "last"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=240, preexec_fn=small_files_only)  # fmt: skip
+    second = subprocess.run(
+        [*common, "--trainer.max_epochs", "2", "--ckpt_path", "last"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=small_files_only,
+    )
     assert second.returncode == 1, second.stderr[-3000:]
-    assert f"could not write checkpoint {folder / 'last.ckpt'}: File too large (the previous last.ckpt is intact)" in second.stderr
+    assert (
+        f"could not write checkpoint {folder / 'last.ckpt'}: File too large (the previous last.ckpt is intact)"
+        in second.stderr
+    )
     assert (folder / "last.ckpt").read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # no temporary file left behind
 

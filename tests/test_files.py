@@ -138,8 +138,14 @@ def test_when_every_source_fails_the_error_lists_each_and_the_manual_fix(tmp_pat
     with pytest.raises(ConfigError) as err:
         ensure_mnist(tmp_path, sources=[("mirror A", failing_source("timed out")), ("index", failing_source("404"))])
     message = str(err.value)
-    for part in ("local .gz files", "mirror A: timed out", "index: 404", "train-images-idx3-ubyte (missing)",
-                 str(tmp_path / "MNIST" / "raw"), "by hand"):  # fmt: skip
+    for part in (
+        "local .gz files",
+        "mirror A: timed out",
+        "index: 404",
+        "train-images-idx3-ubyte (missing)",
+        str(tmp_path / "MNIST" / "raw"),
+        "by hand",
+    ):
         assert part in message
 
 

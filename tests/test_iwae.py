@@ -61,8 +61,10 @@ def test_with_one_sample_both_objectives_are_the_elbo():
     torch.testing.assert_close(single, (-bernoulli_nll(decoder(z), x) + log_p - log_q).mean())
     # ... whose expectation is the ELBO, as is the single-sample ELBO's
     with torch.no_grad():
-        draws = {name: torch.stack([-m.terms(x).loss.mean() for _ in range(3000)]).double()
-                 for name, m in (("iwae", iwae), ("elbo", vae))}  # fmt: skip
+        draws = {
+            name: torch.stack([-m.terms(x).loss.mean() for _ in range(3000)]).double()
+            for name, m in (("iwae", iwae), ("elbo", vae))
+        }
     for name, values in draws.items():
         error = 4 * values.std() / math.sqrt(len(values))
         assert abs(values.mean() - elbo.mean()) < error, name
@@ -111,16 +113,26 @@ def test_bad_objective_settings_are_refused(kwargs, match):
 
 @pytest.mark.parametrize("config", ["vae_k1.yaml", "iwae_k50.yaml"])
 def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, tmp_path, config):
-    fit = run_cli("fit", "--config", CONFIGS / "paper" / config, "--config", tiny_config, "--trainer.max_epochs", "1",
-                  "--model.train_samples", "5" if "iwae" in config else "1")  # fmt: skip
+    fit = run_cli(
+        "fit",
+        "--config",
+        CONFIGS / "paper" / config,
+        "--config",
+        tiny_config,
+        "--trainer.max_epochs",
+        "1",
+        "--model.train_samples",
+        "5" if "iwae" in config else "1",
+    )
     model = fit.trainer.lightning_module
     assert (model.objective, model.latent_dim, model.train_samples) == (
         ("iwae", 50, 5) if "iwae" in config else ("elbo", 50, 1)
     )
     assert fit.datamodule.binarize == "dynamic"
     assert type(model.encoder.body[1]).__name__ == "Tanh" and [m.out_features for m in model.encoder.body[::2]] == [
-        200, 200,
-    ]  # fmt: skip
+        200,
+        200,
+    ]
     last = next(tmp_path.glob("logs/**/last.ckpt"))
     test = run_cli("test", "--config", CONFIGS / "paper" / config, "--config", tiny_config, "--ckpt_path", last)
     metrics = test.trainer.callback_metrics

@@ -85,7 +85,9 @@ def test_box_cells_count_the_points_in_each_cell():
 
     # two tight clusters in opposite corners of the box: the middle cells are empty
     generator = torch.Generator().manual_seed(0)
-    points = torch.cat([torch.rand(500, 2, generator=generator) * 0.1, 1 + torch.rand(500, 2, generator=generator) * 0.1])
+    points = torch.cat(
+        [torch.rand(500, 2, generator=generator) * 0.1, 1 + torch.rand(500, 2, generator=generator) * 0.1]
+    )
     centres, counts, box = box_cells(points, grid=5, low=0.0, high=1.0)
     assert centres.shape == (5, 5, 2) and counts.shape == (5, 5)
     assert counts.sum() == 1000  # the box is closed: points on its far edges count in the last cells

@@ -98,8 +98,12 @@ def test_nll_estimate_is_below_the_negative_elbo_on_average():
     mu, logvar = torch.randn(16, 3) * 0.3, torch.full((16, 3), -1.0)
     with torch.no_grad():
         nll = -importance_weighted_bound(log_importance_weights(x, mu, logvar, torch.randn(500, 16, 3), decoder, 2048))
-        one = torch.stack([-importance_weighted_bound(
-            log_importance_weights(x, mu, logvar, torch.randn(1, 16, 3), decoder, 2048)) for _ in range(500)])
+        one = torch.stack(
+            [
+                -importance_weighted_bound(log_importance_weights(x, mu, logvar, torch.randn(1, 16, 3), decoder, 2048))
+                for _ in range(500)
+            ]
+        )
     assert nll.mean() < one.mean()
 
 

@@ -32,7 +32,8 @@ def assert_same_training(a: dict, b: dict) -> None:
 @pytest.mark.slow
 def test_a_run_stopped_at_an_epoch_boundary_resumes_bit_identical(tiny_config, tmp_path):
     run = lambda name, *extra: cli_subprocess(  # noqa: E731
-        ["fit", *BASE, "--config", tiny_config, "--trainer.logger.init_args.name", name, *extra], tmp_path)
+        ["fit", *BASE, "--config", tiny_config, "--trainer.logger.init_args.name", name, *extra], tmp_path
+    )
     run("whole", "--trainer.max_epochs", "4")
     run("parts", "--trainer.max_epochs", "2")
     out = run("parts", "--trainer.max_epochs", "4", "--ckpt_path", "last")
@@ -45,16 +46,59 @@ def test_a_run_stopped_at_an_epoch_boundary_resumes_bit_identical(tiny_config, t
 @pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_and_finishes_the_same(tiny_config, tmp_path):
     every = ["--last_checkpoint.every_n_train_steps", "3"]
-    cli_subprocess(["fit", *BASE, "--config", tiny_config, "--trainer.logger.init_args.name", "whole",
-                    "--trainer.max_epochs", "3", *every], tmp_path)  # fmt: skip
+    cli_subprocess(
+        [
+            "fit",
+            *BASE,
+            "--config",
+            tiny_config,
+            "--trainer.logger.init_args.name",
+            "whole",
+            "--trainer.max_epochs",
+            "3",
+            *every,
+        ],
+        tmp_path,
+    )
     killer = tmp_path / "killer.yaml"  # SIGKILL at step 8: epoch 1, batch 3 of 5; last checkpoint at step 6
-    killer.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.KillAt", "init_args": {"step": 8}}]}}))
-    cli_subprocess(["fit", *BASE, "--config", tiny_config, "--config", killer, "--trainer.logger.init_args.name",
-                    "killed", "--trainer.max_epochs", "3", *every], tmp_path, returncode=-signal.SIGKILL)  # fmt: skip
+    killer.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.KillAt", "init_args": {"step": 8}}]}})
+    )
+    cli_subprocess(
+        [
+            "fit",
+            *BASE,
+            "--config",
+            tiny_config,
+            "--config",
+            killer,
+            "--trainer.logger.init_args.name",
+            "killed",
+            "--trainer.max_epochs",
+            "3",
+            *every,
+        ],
+        tmp_path,
+        returncode=-signal.SIGKILL,
+    )
     saved = torch.load(tmp_path / "logs" / "killed" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 6)  # mid-epoch: lost only steps 7 and 8
-    out = cli_subprocess(["fit", *BASE, "--config", tiny_config, "--trainer.logger.init_args.name", "killed",
-                          "--trainer.max_epochs", "3", *every, "--ckpt_path", "last"], tmp_path)  # fmt: skip
+    out = cli_subprocess(
+        [
+            "fit",
+            *BASE,
+            "--config",
+            tiny_config,
+            "--trainer.logger.init_args.name",
+            "killed",
+            "--trainer.max_epochs",
+            "3",
+            *every,
+            "--ckpt_path",
+            "last",
+        ],
+        tmp_path,
+    )
     assert "`Trainer.fit` stopped: `max_epochs=3` reached." in out
     assert_same_training(final_state(tmp_path / "logs" / "whole"), final_state(tmp_path / "logs" / "killed"))
 

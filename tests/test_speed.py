@@ -6,6 +6,7 @@ Speed itself is measured by scripts/benchmark.py, not here."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_an_unknown_matmul_precision_is_refused_by_name():
 
 def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_every_image(tiny_mnist, tmp_path):
     trainer, _ = tiny_run(tiny_mnist, tmp_path)
-    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    rows = list(csv.DictReader(Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()))
     logged_steps = [int(r["step"]) for r in rows if r["train/loss"]]
     assert logged_steps == [3, 7, 11, 15, 19, 23, 27]  # 3 epochs x 10 steps, every 4th (0-based step)
     epoch_means = [float(r["train/nelbo_epoch"]) for r in rows if r["train/nelbo_epoch"]]
@@ -166,8 +167,14 @@ def test_gradient_clipping_is_applied_when_configured_and_skipped_when_not(tiny_
 
     grads = Grads()
     algorithm, value = clip or (None, None)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, callbacks=[grads],
-                            gradient_clip_val=value, gradient_clip_algorithm=algorithm)  # fmt: skip
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        callbacks=[grads],
+        gradient_clip_val=value,
+        gradient_clip_algorithm=algorithm,
+    )
     trainer.fit(model, datamodule=data)
     assert len(grads.norms) == 4
     if clip is None:
@@ -217,3 +224,22 @@ def test_speed_false_turns_every_measure_off(run_cli):
     assert plain.model.configure_callbacks() == []  # no Speed callback at all
     [bar] = [c for c in plain.trainer.callbacks if isinstance(c, TimedProgressBar)]
     assert bar.refresh_seconds == 0  # Lightning's rule: every refresh_rate-th batch
+
+
+def test_without_a_profiler_hooks_enter_one_shared_context_and_idle_callbacks_stay_out(run_cli, tiny_config):
+    from conftest import CONFIGS
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    from vae_lightning.experiments import Experiments
+    from vae_lightning.predict import LatentWriter
+    from vae_lightning.speed import NoProfiler
+
+    args = ("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run", "true")
+    fast = run_cli(*args, "--experiments.names", "[]")
+    assert type(fast.trainer.profiler) is NoProfiler and isinstance(fast.trainer.profiler, PassThroughProfiler)
+    assert fast.trainer.profiler.profile("a") is fast.trainer.profiler.profile("b")  # one shared no-op
+    kinds = {type(c) for c in fast.trainer.callbacks}
+    assert LatentWriter not in kinds and Experiments not in kinds  # predict's writer, and no experiments to run
+    assert Experiments in {type(c) for c in run_cli(*args).trainer.callbacks}  # the config's experiments
+    plain = run_cli(*args, "--speed", "false")
+    assert type(plain.trainer.profiler) is PassThroughProfiler  # Lightning's own

@@ -59,10 +59,16 @@ def offline(monkeypatch, tmp_path):
 
 def experiments_piece(tmp_path: Path) -> Path:
     piece = tmp_path / "experiments.yaml"
-    piece.write_text(yaml.safe_dump({"trainer": {
-        "logger": {"init_args": {"save_dir": str(tmp_path / "logs"), "group": "tests", "tags": ["tiny"]}},
-        "callbacks": [{"class_path": "vae_lightning.experiments.LatentManifold", "init_args": {"grid": 5}}],
-    }}))  # fmt: skip
+    piece.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "logger": {"init_args": {"save_dir": str(tmp_path / "logs"), "group": "tests", "tags": ["tiny"]}},
+                    "callbacks": [{"class_path": "vae_lightning.experiments.LatentManifold", "init_args": {"grid": 5}}],
+                }
+            }
+        )
+    )
     return piece
 
 
@@ -70,22 +76,39 @@ def test_an_offline_run_holds_metrics_by_step_config_images_and_no_key(run_cli, 
     import wandb
 
     try:
-        run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", WANDB,
-                "--config", experiments_piece(tmp_path), "--trainer.max_epochs", "2",
-                "--trainer.log_every_n_steps", "1")  # fmt: skip
+        run_cli(
+            "fit",
+            "--config",
+            CONFIGS / "two_latent.yaml",
+            "--config",
+            tiny_config,
+            "--config",
+            WANDB,
+            "--config",
+            experiments_piece(tmp_path),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.log_every_n_steps",
+            "1",
+        )
     finally:
         wandb.finish()
     (run,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
     run_id = run.name.rsplit("-", 1)[1]
     records = finished_records(next(run.glob("run-*.wandb")))
 
-    config = {item.key: json.loads(item.value_json) for r in records if r.HasField("config") for item in r.config.update}
+    config = {
+        item.key: json.loads(item.value_json) for r in records if r.HasField("config") for item in r.config.update
+    }
     resolved = config["config"]  # the full resolved CLI config
     assert resolved["model"]["latent_dim"] == 2 and resolved["data"]["batch_size"] == 50
     assert resolved["trainer"]["logger"]["init_args"]["tags"] == ["tiny"] and config["latent_dim"] == 2
 
-    rows = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
-            for r in records if r.HasField("history")]  # fmt: skip
+    rows = [
+        {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.HasField("history")
+    ]
     logged = {key for row in rows for key in row}
     assert {"train/loss", "val/nelbo", "train/nelbo_epoch", "exp/latent_manifold/unclear"} <= logged
     assert all("trainer/global_step" in row for row in rows)  # every metric against the global step
@@ -106,9 +129,24 @@ def test_an_offline_run_holds_metrics_by_step_config_images_and_no_key(run_cli, 
 def test_two_ddp_processes_make_exactly_one_run(tiny_config, tmp_path, offline):
     from test_ddp import cli_subprocess
 
-    out = cli_subprocess(["fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", WANDB,
-                          "--config", experiments_piece(tmp_path), "--config", CONFIGS / "trainer" / "ddp_cpu.yaml",
-                          "--trainer.max_epochs", "1"], tmp_path)  # fmt: skip
+    out = cli_subprocess(
+        [
+            "fit",
+            "--config",
+            CONFIGS / "two_latent.yaml",
+            "--config",
+            tiny_config,
+            "--config",
+            WANDB,
+            "--config",
+            experiments_piece(tmp_path),
+            "--config",
+            CONFIGS / "trainer" / "ddp_cpu.yaml",
+            "--trainer.max_epochs",
+            "1",
+        ],
+        tmp_path,
+    )
     assert "MEMBER: 2/2" in out
     runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
@@ -120,14 +158,27 @@ def test_online_without_an_api_key_is_refused_before_training(run_cli, tiny_conf
     for name in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config,
-                    "--config", WANDB)  # exit code 2
+    err = cli_error(
+        run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--config", WANDB
+    )  # exit code 2
     assert "run `wandb login`" in err and "WANDB_MODE=offline" in err
     assert not (tmp_path / "logs").exists()  # refused before anything was written
 
 
 def test_log_model_offline_is_refused_with_the_fix(run_cli, tiny_config, capsys, offline):
-    err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config,
-                    "--config", WANDB, "--trainer.logger.init_args.offline", "true",
-                    "--trainer.logger.init_args.log_model", "true")  # fmt: skip  (exit code 2)
+    err = cli_error(
+        run_cli,
+        capsys,
+        "fit",
+        "--config",
+        CONFIGS / "two_latent.yaml",
+        "--config",
+        tiny_config,
+        "--config",
+        WANDB,
+        "--trainer.logger.init_args.offline",
+        "true",
+        "--trainer.logger.init_args.log_model",
+        "true",
+    )  # exit code 2
     assert "set log_model: false for an offline run" in err

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,19 +200,20 @@ def restore_random_states(module: LightningModule, checkpoint: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"][rank].clone(), module.device)
 
 
-def nonfinite_step(module: LightningModule, means: dict[str, Tensor], batch_idx: int, policy: str) -> bool:
-    """Whether this training step's loss (`means["loss"]`) is not finite on any rank (every rank agrees).
+def nonfinite_step(module: LightningModule, means: Tensor, names: Sequence[str], batch_idx: int, policy: str) -> bool:
+    """Whether this training step's loss (`means[0]`, the batch means of `names`) is not finite on any rank
+    (every rank agrees).
 
     Under `policy` "skip" it warns and returns True (the step must not update the weights); under
     "stop" it raises NonFiniteLossError naming the step, the batch and the last good checkpoint.
     """
     trainer = module.trainer
-    bad = not math.isfinite(means["loss"].item())
+    bad = not math.isfinite(means[0].item())
     if trainer.world_size > 1:
         bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
     if not bad:
         return False
-    values = ", ".join(f"{name}={value.item():.4g}" for name, value in means.items())
+    values = ", ".join(f"{name}={value:.4g}" for name, value in zip(names, means.tolist()))
     where = f"global step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx} of the epoch; {values})"
     if policy == "skip":
         rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")

@@ -16,8 +16,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from vae_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointWriteError,
-    NonFiniteLossError,
     LastCheckpoint,
+    NonFiniteLossError,
     check_checkpoint_file,
     find_last_checkpoint,
 )
@@ -29,7 +29,7 @@ from vae_lightning.module import RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
 from vae_lightning.runs import logger_root, run_dir
-from vae_lightning.speed import PLAIN_SETTINGS, TimedProgressBar
+from vae_lightning.speed import PLAIN_SETTINGS, NoProfiler, TimedProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class VAECLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out the `progress_bar.*` bar when the trainer shows none (`enable_progress_bar: false`)
-        or its callbacks bring their own: Lightning refuses a bar in either case.
+        or its callbacks bring their own: Lightning refuses a bar in either case. Leave out `predict`'s
+        writer outside `predict`, and `experiments.*` when it names none. Without a profiler configured,
+        `vae_lightning.speed.NoProfiler` (unless `--speed false`).
 
         LightningCLI builds the callbacks of `add_lightning_class_args` groups unconditionally and has no
         public hook between building them and the Trainer (checked with Lightning 2.6.6);
@@ -119,6 +121,13 @@ class VAECLI(LightningCLI):
         own = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if own or config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
+        # Callbacks with nothing to do in this run are left out: Lightning calls each at every hook.
+        if self.subcommand != "predict":
+            callbacks = [c for c in callbacks if not isinstance(c, LatentWriter)]
+        callbacks = [c for c in callbacks if not (isinstance(c, Experiments) and not c.experiments)]
+        speed = (self.config[self.subcommand] if self.subcommand else self.config).get("speed", True)
+        if config.get("profiler") is None and speed:
+            config = {**config, "profiler": NoProfiler()}  # nothing to record: the same, cheaper per hook call
         return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:

@@ -57,8 +57,7 @@ class VAELitModule(LightningModule):
         eval_seed: seeds the per-image noise of validation and test.
         nonfinite: what a non-finite training loss does, checked before the update: `stop` the run
             (naming the step, the batch and the last good checkpoint) or `skip` that batch's update.
-        flush_subnormals: flush subnormal floats to zero on every CPU thread while the Trainer runs
-            (`vae_lightning.speed`).
+        flush_subnormals: flush subnormal floats to zero on every CPU thread while a Trainer runs.
         train_matmul_precision: `torch.set_float32_matmul_precision` for the training steps alone
             ("medium": bfloat16 inputs, float32 sums); evaluation keeps torch's setting. None: torch's.
     """
@@ -105,8 +104,8 @@ class VAELitModule(LightningModule):
         self.save_hyperparameters(ignore=[*RUN_SETTINGS, *python_objects])
         self.encoder, self.decoder = encoder, decoder
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self._sums: dict[str, Tensor] = {}  # per stage: the epoch's sums over images of each term
-        self._counts: dict[str, int] = {}  # per stage: the epoch's images
+        self._sums: dict[str, Tensor] = {}  # per stage, the epoch's sums over images of each term,
+        self._counts: dict[str, int] = {}  # and its number of images
 
     # ------------------------------------------------------------------ public API
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,8 +134,7 @@ class VAELitModule(LightningModule):
         return objectives.vae_terms(x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight)
 
     def test_nll(self, x: Tensor, index: Tensor) -> Tensor:
-        """`test/nll` per image (B,): `nll_samples` importance samples, each image's seeded by `eval_seed`
-        and its dataset index."""
+        """`test/nll` per image (B,), its `nll_samples` samples seeded by `eval_seed` and each image's index."""
         mu, logvar = self.encoder(x)
 
         def noise(block: int, n: int) -> Tensor:  # block 0 is the stream of a k below one block
@@ -149,15 +147,18 @@ class VAELitModule(LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         x = batch[0]
-        means = torch.stack(self.terms(x)).mean(1)  # (4,) batch means of TERMS
-        if checkpointing.nonfinite_step(self, dict(zip(TERMS, means)), batch_idx, self.nonfinite):
+        terms = self.terms(x)
+        loss = terms.loss.mean()
+        with torch.no_grad():
+            means = torch.stack(terms).mean(1)  # (4,) batch means of TERMS, outside the graph
+        if checkpointing.nonfinite_step(self, means, TERMS, batch_idx, self.nonfinite):
             return None  # skip: no backward, no optimizer step (on every rank alike)
         trainer = self.trainer  # per-step values only on the steps the Trainer writes to its loggers
         if (self.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.fast_dev_run:
-            self.log_dict({f"train/{n}": means[i] for i, n in enumerate(TERMS)})
+            self.log_dict({f"train/{n}": m for n, m in zip(TERMS, means)})
             self.log("loss", means[0], prog_bar=True, logger=False)
-        self._accumulate("train", means.detach(), len(x), weight=len(x))
-        return means[0]
+        self._accumulate("train", means, len(x), weight=len(x))
+        return loss
 
     def on_train_epoch_end(self) -> None:
         self._log_means("train", TERMS, suffix="_epoch")

@@ -121,10 +121,11 @@ def vae_terms(
             (Burda et al. 2015), which has no separate terms to weight.
         recon_weight, kl_weight: the weights of the `elbo` objective.
     """
-    log_px_z, log_pz_qz = log_likelihoods(x, mu, logvar, eps, decoder)  # (K, B) each
+    z = reparameterize(mu, logvar, eps)  # (K, B, L)
+    log_px_z = -bernoulli_nll(decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2]), x)  # (K, B)
     recon, kl = -log_px_z.mean(0), gaussian_kl(mu, logvar)  # (B,) each
     if objective == "iwae":
-        loss = -importance_weighted_bound(log_px_z + log_pz_qz)
+        loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar))
     else:
         loss = recon_weight * recon + kl_weight * kl
     return Terms(loss, recon, kl, recon + kl)

@@ -21,18 +21,12 @@ from vae_lightning.data.files import (
     raw_dir,
 )
 from vae_lightning.data.loaders import ShardedBatchSampler, TensorBatchLoader, mix_seed
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, check_choice, check_int
 
 log = logging.getLogger(__name__)
 
 Binarize = Literal["none", "dynamic", "static"]
 Split = Literal["train", "val", "test"]
-
-
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"data.{name} must be a positive integer, got {value!r}: set data.{name} to e.g. 100.")
-    return value
 
 
 class MNISTDataModule(LightningDataModule):
@@ -77,13 +71,11 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = check_data_dir(data_dir if data_dir is not None else default_data_dir(), "data.data_dir")
-        self.batch_size = _positive("batch_size", batch_size)
-        self.val_size = _positive("val_size", val_size)
-        self.eval_batch_size = _positive("eval_batch_size", eval_batch_size)
-        if binarize not in ("none", "dynamic", "static"):
-            raise ConfigError(f"data.binarize must be 'none', 'dynamic' or 'static', got {binarize!r}.")
-        if predict_split not in ("train", "val", "test"):
-            raise ConfigError(f"data.predict_split must be 'train', 'val' or 'test', got {predict_split!r}.")
+        for name, value in (("batch_size", batch_size), ("val_size", val_size), ("eval_batch_size", eval_batch_size)):
+            check_int(f"data.{name}", value, fix=f"set data.{name} to e.g. 100")
+        self.batch_size, self.val_size, self.eval_batch_size = batch_size, val_size, eval_batch_size
+        check_choice("data.binarize", binarize, ("none", "dynamic", "static"))
+        check_choice("data.predict_split", predict_split, ("train", "val", "test"))
         self.seed, self.binarize, self.download = seed, binarize, download
         self.predict_split, self.data_on_device = predict_split, data_on_device
         if checksums is None:
@@ -115,8 +107,10 @@ class MNISTDataModule(LightningDataModule):
         images, labels = train.data, train.targets
         for name, (x, y) in {"train": (images, labels), "test": (test.data, test.targets)}.items():
             if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or len(x) != len(y) or y.min() < 0 or y.max() > 9:
-                raise ConfigError(f"MNIST {name} files in {raw} hold {tuple(x.shape)} images and {len(y)} labels; "
-                                  f"expected (N, 28, 28) images and N labels in 0..9.")  # fmt: skip
+                raise ConfigError(
+                    f"MNIST {name} files in {raw} hold {tuple(x.shape)} images and {len(y)} labels; "
+                    f"expected (N, 28, 28) images and N labels in 0..9."
+                )
         if self.val_size >= len(images):
             raise ConfigError(
                 f"data.val_size={self.val_size} leaves no training images out of {len(images)}: choose fewer."
@@ -143,8 +137,12 @@ class MNISTDataModule(LightningDataModule):
 
         device = self._device()
         self.splits = {name: (x.to(device).contiguous(), y.to(device)) for name, (x, y) in splits.items()}
-        log.info("MNIST: %s on %s (binarize=%s)",
-                 ", ".join(f"{n} {len(y):,}" for n, (_, y) in self.splits.items()), device, self.binarize)  # fmt: skip
+        log.info(
+            "MNIST: %s on %s (binarize=%s)",
+            ", ".join(f"{n} {len(y):,}" for n, (_, y) in self.splits.items()),
+            device,
+            self.binarize,
+        )
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -174,16 +172,27 @@ class MNISTDataModule(LightningDataModule):
         if train and batch_size % world:
             raise ConfigError(
                 f"data.batch_size={batch_size} is the global batch size and must divide evenly across the "
-                f"{world} processes (world size): choose a multiple of {world}, e.g. {world * max(1, batch_size // world)}."
+                f"{world} processes (world size): choose a multiple of {world}, "
+                f"e.g. {world * max(1, batch_size // world)}."
             )
         sampler = ShardedBatchSampler(
-            len(images), batch_size, shuffle=train, seed=self.seed, rank=rank, world_size=world,
-            drop_small_last=train, device=images.device,
-        )  # fmt: skip
+            len(images),
+            batch_size,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            drop_small_last=train,
+            device=images.device,
+        )
         return TensorBatchLoader(
-            images, labels, sampler, dynamic_binarization=train and self.binarize == "dynamic",
-            seed=self.seed, with_index=not train,
-        )  # fmt: skip
+            images,
+            labels,
+            sampler,
+            dynamic_binarization=train and self.binarize == "dynamic",
+            seed=self.seed,
+            with_index=not train,
+        )
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", train=True)

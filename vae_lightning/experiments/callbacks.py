@@ -181,17 +181,22 @@ class Reconstructions(Experiment):
             else [data.first_of_digit(d) for d in range(10) if (data.labels == d).any()]
         )
         originals = data.images[[_check_index("indices", i, data) for i in shown]]
-        figure = render.image_rows(torch.stack([originals, compute.reconstruct(model, originals)]),
-                                   "test images (top) and reconstructions decode(mu) (bottom)",
-                                   row_labels=["x", "decode(mu)"])  # fmt: skip
+        figure = render.image_rows(
+            torch.stack([originals, compute.reconstruct(model, originals)]),
+            "test images (top) and reconstructions decode(mu) (bottom)",
+            row_labels=["x", "decode(mu)"],
+        )
         images, labels = data.images[: self.measured], data.labels[: self.measured]
         reconstructions = compute.reconstruct(model, images)
         judged = data.judge(reconstructions)
-        return Outcome(figure, {
-            "pixel_error": (images - reconstructions).abs().mean().item(),
-            "clear": judged.clear.float().mean().item(),
-            "accuracy": (judged.digit == labels).float().mean().item(),
-        })  # fmt: skip
+        return Outcome(
+            figure,
+            {
+                "pixel_error": (images - reconstructions).abs().mean().item(),
+                "clear": judged.clear.float().mean().item(),
+                "accuracy": (judged.digit == labels).float().mean().item(),
+            },
+        )
 
 
 class EpsilonSweep(Experiment):
@@ -215,8 +220,14 @@ class EpsilonSweep(Experiment):
     name = "epsilon_sweep"
     uses_posterior = True
 
-    def __init__(self, image_index: int = 0, eps_start: float = 0.0, eps_stop: float = 0.95, eps_step: float = 0.05,
-                 every_n_epochs: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        image_index: int = 0,
+        eps_start: float = 0.0,
+        eps_stop: float = 0.95,
+        eps_step: float = 0.05,
+        every_n_epochs: int = 1,
+    ):
         super().__init__(every_n_epochs)
         if not eps_step > 0 or eps_stop < eps_start:
             raise ConfigError("EpsilonSweep needs eps_step > 0 and eps_stop >= eps_start.")
@@ -226,18 +237,24 @@ class EpsilonSweep(Experiment):
         image = data.images[_check_index("image_index", self.image_index, data)]
         decodings = compute.epsilon_sweep(model, image, self.eps)  # (S, 1, 28, 28)
         spread = measures.sweep_spread(decodings)
-        figure = render.image_rows(decodings.unsqueeze(0), f"z = mu + eps * sigma, test image {self.image_index}, "
-                                   f"spread {spread:.4f}", col_labels=[f"{e:.2f}" for e in self.eps.tolist()])  # fmt: skip
+        figure = render.image_rows(
+            decodings.unsqueeze(0),
+            f"z = mu + eps * sigma, test image {self.image_index}, spread {spread:.4f}",
+            col_labels=[f"{e:.2f}" for e in self.eps.tolist()],
+        )
         judged = data.judge(decodings)
         posterior = data.posterior_of(model)
         others = compute.decode_latents(model, posterior[0][:20])  # reconstructions of 20 different images
-        return Outcome(figure, {
-            "spread": spread,
-            "reference_spread": measures.sweep_spread(others),
-            "mean_sigma": measures.mean_posterior_sigma(posterior[1]),
-            "class_changes": float(measures.class_changes(judged.digit)[0]),
-            "unclear": measures.unclear_fraction(judged.clear),
-        })  # fmt: skip
+        return Outcome(
+            figure,
+            {
+                "spread": spread,
+                "reference_spread": measures.sweep_spread(others),
+                "mean_sigma": measures.mean_posterior_sigma(posterior[1]),
+                "class_changes": float(measures.class_changes(judged.digit)[0]),
+                "unclear": measures.unclear_fraction(judged.clear),
+            },
+        )
 
 
 class LatentTraversal(Experiment):
@@ -260,8 +277,15 @@ class LatentTraversal(Experiment):
 
     name = "latent_traversal"
 
-    def __init__(self, image_index: int = 0, dims: Sequence[int] | None = None, low: float = -3.0, high: float = 3.0,
-                 steps: int = 11, every_n_epochs: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        image_index: int = 0,
+        dims: Sequence[int] | None = None,
+        low: float = -3.0,
+        high: float = 3.0,
+        steps: int = 11,
+        every_n_epochs: int = 1,
+    ):
         super().__init__(every_n_epochs)
         self.image_index, self.dims, self.values = image_index, dims, torch.linspace(low, high, steps)
 
@@ -275,19 +299,25 @@ class LatentTraversal(Experiment):
         image = data.images[_check_index("image_index", self.image_index, data)]
         rows = compute.latent_traversal(model, image, dims, self.values)  # (D, S, 1, 28, 28)
         reconstruction = compute.reconstruct(model, image.unsqueeze(0))
-        figure = render.image_rows(rows, f"one latent swept, the rest at mu (test image {self.image_index})",
-                                   row_labels=[f"z[{d}]" for d in dims],
-                                   col_labels=[f"{v + 0.0:.1f}" for v in self.values.tolist()])  # fmt: skip
+        figure = render.image_rows(
+            rows,
+            f"one latent swept, the rest at mu (test image {self.image_index})",
+            row_labels=[f"z[{d}]" for d in dims],
+            col_labels=[f"{v + 0.0:.1f}" for v in self.values.tolist()],
+        )
         judged = data.judge(rows.flatten(0, 1))
         original = data.judge(reconstruction).digit[0]
         digits = judged.digit.view(len(dims), -1)
         others = compute.reconstruct(model, data.images[:100])
-        return Outcome(figure, {
-            "same_class": (judged.digit == original).float().mean().item(),
-            "class_changes": sum(measures.class_changes(row)[0] for row in digits) / len(dims),
-            "pixel_distance": (rows - reconstruction).abs().mean().item(),
-            "reference_distance": (others - reconstruction).abs().mean().item(),
-        })  # fmt: skip
+        return Outcome(
+            figure,
+            {
+                "same_class": (judged.digit == original).float().mean().item(),
+                "class_changes": sum(measures.class_changes(row)[0] for row in digits) / len(dims),
+                "pixel_distance": (rows - reconstruction).abs().mean().item(),
+                "reference_distance": (others - reconstruction).abs().mean().item(),
+            },
+        )
 
 
 class Interpolation(Experiment):
@@ -319,17 +349,22 @@ class Interpolation(Experiment):
         line = compute.interpolation(model, data.images[first], data.images[second], self.steps, eps)
         shown = torch.cat([data.images[first : first + 1], line, data.images[second : second + 1]])
         labels = [f"x{self.digits[0]}"] + [f"{t:.2f}" for t in torch.linspace(0, 1, self.steps).tolist()]
-        figure = render.image_rows(shown.unsqueeze(0), f"from a {self.digits[0]} to a {self.digits[1]} "
-                                   f"(test images {first}, {second}), one shared eps",
-                                   col_labels=labels + [f"x{self.digits[1]}"])  # fmt: skip
+        figure = render.image_rows(
+            shown.unsqueeze(0),
+            f"from a {self.digits[0]} to a {self.digits[1]} (test images {first}, {second}), one shared eps",
+            col_labels=labels + [f"x{self.digits[1]}"],
+        )
         judged = data.judge(line)
         changes, places = measures.class_changes(judged.digit)
-        return Outcome(figure, {
-            "class_changes": float(changes),
-            "first_change": float(places[0] if places else -1),
-            "endpoints_match": float(judged.digit[0] == self.digits[0] and judged.digit[-1] == self.digits[1]),
-            "unclear": measures.unclear_fraction(judged.clear),
-        })  # fmt: skip
+        return Outcome(
+            figure,
+            {
+                "class_changes": float(changes),
+                "first_change": float(places[0] if places else -1),
+                "endpoints_match": float(judged.digit[0] == self.digits[0] and judged.digit[-1] == self.digits[1]),
+                "unclear": measures.unclear_fraction(judged.clear),
+            },
+        )
 
 
 class LatentManifold(Experiment):
@@ -349,8 +384,14 @@ class LatentManifold(Experiment):
 
     name = "latent_manifold"
 
-    def __init__(self, grid: int = 15, low: float = 0.01, high: float = 0.99, dims: tuple[int, int] = (0, 1),
-                 every_n_epochs: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        grid: int = 15,
+        low: float = 0.01,
+        high: float = 0.99,
+        dims: tuple[int, int] = (0, 1),
+        every_n_epochs: int = 1,
+    ):
         super().__init__(every_n_epochs)
         if not 0 < low < high < 1:
             raise ConfigError(f"LatentManifold needs 0 < low < high < 1, got {low}, {high}.")
@@ -367,11 +408,14 @@ class LatentManifold(Experiment):
         figure = render.manifold(images, self.values, self.dims, f"decodings on a standard-normal grid{rest}")
         judged = data.judge(images.flatten(0, 1))
         grid = len(self.values)
-        return Outcome(figure, {
-            "digits_present": float(judged.digit[judged.clear].unique().numel()),
-            "class_changes": float(measures.grid_class_changes(judged.digit.view(grid, grid))),
-            "unclear": measures.unclear_fraction(judged.clear),
-        })  # fmt: skip
+        return Outcome(
+            figure,
+            {
+                "digits_present": float(judged.digit[judged.clear].unique().numel()),
+                "class_changes": float(measures.grid_class_changes(judged.digit.view(grid, grid))),
+                "unclear": measures.unclear_fraction(judged.clear),
+            },
+        )
 
 
 class LatentScatter(Experiment):
@@ -412,16 +456,26 @@ class LatentScatter(Experiment):
         clear = data.judge(decodings).clear.view(self.grid, self.grid)
         empty = counts == 0
         names = ("z[0]", "z[1]") if "latent dimensions" in how else ("PC 1", "PC 2")
-        figure = render.scatter(points, labels, f"posterior means of {len(mu):,} test images: {how}", names, box,
-                                decodings.view(self.grid, self.grid, 1, 28, 28), empty)  # fmt: skip
-        return Outcome(figure, {
-            "knn_accuracy": measures.knn_accuracy(mu, labels, k=self.knn_k),
-            "silhouette": measures.silhouette_score(mu, labels),
-            **measures.prior_fit(mu),
-            "box_unclear": measures.unclear_fraction(clear.flatten()),
-            "empty_share": empty.float().mean().item(),
-            "empty_unclear": measures.unclear_fraction(clear[empty]) if empty.any() else 0.0,
-        })  # fmt: skip
+        figure = render.scatter(
+            points,
+            labels,
+            f"posterior means of {len(mu):,} test images: {how}",
+            names,
+            box,
+            decodings.view(self.grid, self.grid, 1, 28, 28),
+            empty,
+        )
+        return Outcome(
+            figure,
+            {
+                "knn_accuracy": measures.knn_accuracy(mu, labels, k=self.knn_k),
+                "silhouette": measures.silhouette_score(mu, labels),
+                **measures.prior_fit(mu),
+                "box_unclear": measures.unclear_fraction(clear.flatten()),
+                "empty_share": empty.float().mean().item(),
+                "empty_unclear": measures.unclear_fraction(clear[empty]) if empty.any() else 0.0,
+            },
+        )
 
 
 class PriorSamples(Experiment):
@@ -452,9 +506,10 @@ class PriorSamples(Experiment):
         grid = torch.ones(rows * cols, 1, 28, 28)
         grid[: self.shown] = samples[: self.shown]
         unclear = measures.unclear_fraction(judged.clear)
-        figure = render.image_rows(grid.view(rows, cols, 1, 28, 28),
-                                   f"z ~ N(0, I), {model.latent_dim} latents: {unclear:.0%} of "
-                                   f"{self.num_samples} judged no clear digit")  # fmt: skip
+        figure = render.image_rows(
+            grid.view(rows, cols, 1, 28, 28),
+            f"z ~ N(0, I), {model.latent_dim} latents: {unclear:.0%} of {self.num_samples} judged no clear digit",
+        )
         return Outcome(figure, {"unclear": unclear})
 
 
@@ -468,7 +523,7 @@ EXPERIMENTS: dict[str, type[Experiment]] = {
         LatentManifold,
         LatentScatter,
         PriorSamples,
-    )  # fmt: skip
+    )
 }
 
 
@@ -498,7 +553,9 @@ class Experiments(Callback):
             try:
                 experiment = EXPERIMENTS[name](**(options or {}).get(name, {}), every_n_epochs=every_n_epochs)
             except TypeError as err:  # an option the experiment does not have
-                raise ConfigError(f"experiments.options.{name}: {err}; see the {EXPERIMENTS[name].__name__} docstring.") from err
+                raise ConfigError(
+                    f"experiments.options.{name}: {err}; see the {EXPERIMENTS[name].__name__} docstring."
+                ) from err
             self.experiments.append(experiment)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -172,12 +172,16 @@ def cached_classifier(
                 classifier = DigitClassifier()
             classifier.load_state_dict(saved["state_dict"])
             return classifier.eval(), saved["report"]
-        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, not trusted
+        except Exception as err:
             log.warning("digit classifier: cache %s unreadable (%s); training again", path, err)
     log.info("digit classifier: training once on %d images (cached at %s)", len(images), path)
     classifier, report = train_classifier(images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu())
-    log.info("digit classifier: test accuracy %.4f, test digits clear %.4f, non-digits rejected %.4f",
-             report["test_accuracy"], report["test_clear"], report["noise_rejected"])  # fmt: skip
+    log.info(
+        "digit classifier: test accuracy %.4f, test digits clear %.4f, non-digits rejected %.4f",
+        report["test_accuracy"],
+        report["test_clear"],
+        report["noise_rejected"],
+    )
     from vae_lightning.atomic import save_atomically
 
     save_atomically({"state_dict": classifier.state_dict(), "report": report}, path)

@@ -1,6 +1,6 @@
-"""`vae-lightning-experiments`: render every experiment that fits a checkpoint, and measure it, without training.
+"""`vae-lightning-experiments`: render and measure every experiment that fits a checkpoint, without training.
 
-    vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir figures/two_latent
+    vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir out/two_latent
 
 Writes `<output_dir>/<experiment>.png` for each experiment and `<output_dir>/measures.json` with every
 number, its definition, the model, the data mode and the digit classifier's own scores. Options of
@@ -103,8 +103,12 @@ def run_experiments(
         write_png(outcome.figure, out / f"{name}.png")
         results[name] = outcome.measures
         definitions[name] = inspect.cleandoc(type(experiment).__doc__ or "").split("\n\nArgs:")[0]
-        log.info("%s: %s (%.1f s)", name, ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items()),
-                 time.perf_counter() - start)  # fmt: skip
+        log.info(
+            "%s: %s (%.1f s)",
+            name,
+            ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items()),
+            time.perf_counter() - start,
+        )
 
     hparams = model.hparams
     record = {

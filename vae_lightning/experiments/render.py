@@ -49,9 +49,14 @@ def manifold(images: Tensor, values: Tensor, dims: tuple[int, int], title: str) 
 
 
 def scatter(
-    points: Tensor, labels: Tensor, title: str, axis_names: tuple[str, str], box: Tensor, decodings: Tensor,
+    points: Tensor,
+    labels: Tensor,
+    title: str,
+    axis_names: tuple[str, str],
+    box: Tensor,
+    decodings: Tensor,
     empty: Tensor,
-) -> Figure:  # fmt: skip
+) -> Figure:
     """Left: latent points (N, 2) coloured by digit, with the box [lows, highs] (2, 2) outlined.
     Right: decodings (G, G, 1, 28, 28) at the centres of the box's cells, [i along x, j along y];
     cells no point falls in (`empty`, (G, G) bool) framed in red."""
@@ -61,8 +66,15 @@ def scatter(
     colours = matplotlib.colormaps["tab10"]
     for digit in range(10):
         chosen = labels == digit
-        left.scatter(points[chosen, 0], points[chosen, 1], s=2, alpha=0.5, color=colours(digit), label=str(digit),
-                     rasterized=True)  # fmt: skip
+        left.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=2,
+            alpha=0.5,
+            color=colours(digit),
+            label=str(digit),
+            rasterized=True,
+        )
     (x0, y0), (x1, y1) = box.tolist()
     left.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", linewidth=0.8))
     left.legend(title="digit", markerscale=5, fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))

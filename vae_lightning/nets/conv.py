@@ -35,7 +35,7 @@ class ConvEncoder(nn.Module):
             nn.Flatten(),  # (B, 2304)
         )  # fmt: skip
         self.head = nn.Linear(FLAT, 2 * latent_dim)
-        # NHWC convolutions: measured 2.8x faster forward and ~12% faster training on a 2-core CPU.
+        # NHWC (channels-last): the layout oneDNN runs convolutions fastest in on CPUs.
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import check_choice, check_int
 
 Activation = Literal["relu", "tanh", "elu", "gelu", "silu", "leaky_relu", "softplus"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -18,11 +18,11 @@ PIXELS = 28 * 28
 
 
 def check_sizes(owner: str, latent_dim: int, hidden_dims: Sequence[int], activation: str) -> None:
-    for name, value in [("latent_dim", latent_dim)] + [(f"hidden_dims[{i}]", h) for i, h in enumerate(hidden_dims)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}.")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"{owner}.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+    """Refuse a non-positive size or an unknown activation, naming the field of `owner` (e.g. model.encoder)."""
+    check_int(f"{owner}.latent_dim", latent_dim)
+    for i, width in enumerate(hidden_dims):
+        check_int(f"{owner}.hidden_dims[{i}]", width)
+    check_choice(f"{owner}.activation", activation, sorted(ACTIVATIONS))
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
