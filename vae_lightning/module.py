@@ -14,6 +14,7 @@ from vae_lightning import checkpointing, objectives
 from vae_lightning.data.loaders import seeded_normal
 from vae_lightning.errors import check_choice, check_int
 from vae_lightning.nets.contract import check_networks
+from vae_lightning.objectives import check_objective
 from vae_lightning.speed import Speed
 
 try:  # Lightning sets it while LightningCLI instantiates the model; the hparams are then class_path dicts.
@@ -83,9 +84,7 @@ class VAELitModule(LightningModule):
     ) -> None:
         super().__init__()
         self.latent_dim = check_int("model.latent_dim", latent_dim)
-        self.objective, self.recon_weight, self.kl_weight = objectives.check_objective(
-            objective, recon_weight, kl_weight
-        )
+        self.objective, self.recon_weight, self.kl_weight = check_objective(objective, recon_weight, kl_weight)
         self.train_samples = check_int("model.train_samples", train_samples)
         self.lr_scheduler_interval = check_choice(
             "model.lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step")

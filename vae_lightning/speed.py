@@ -1,7 +1,8 @@
 """How this package makes training fast: every speed measure in one place, on by default.
 
-`vae-lightning ... --speed false` turns all of them off at once (see `PLAIN_SETTINGS`); each is
-also a setting of its own. What each gains, measured, is in docs/performance.md.
+`vae-lightning ... --speed false` turns all of them off at once (`PLAIN_SETTINGS`, and Lightning's
+own profiler); each is also a setting of its own. What each gains, measured, is in
+docs/performance.md.
 
 - `Speed` (a callback `VAELitModule` adds while a Trainer runs):
   - subnormal floats flushed to zero on every CPU thread (`model.flush_subnormals`): a VAE's
@@ -11,9 +12,9 @@ also a setting of its own. What each gains, measured, is in docs/performance.md.
     validation, test and predict keep torch's own setting, so every reported number is full float32;
   - on a CPU, torch's "no CUDA device" answer kept, so `optimizer.step()` stops re-probing NVML.
 - `TimedProgressBar` (the CLI's `progress_bar.*`): Lightning's bar, redrawn by the clock.
-- `NoProfiler` (the CLI's profiler when none is configured): Lightning wraps each of the ~100 hook
-  calls of a training step in `profiler.profile(...)`; with no profiler that is a new generator-based
-  context per call, here one shared no-op context.
+- `NoProfiler` (the CLI's profiler when none is configured): Lightning wraps every hook call in
+  `profiler.profile(...)`, with no profiler a new generator-based context each; here one shared
+  no-op context.
 - Fused Adam: the default optimizer of the CLI (`fused: true`, a torch option).
 """
 
