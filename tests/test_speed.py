@@ -243,3 +243,27 @@ def test_without_a_profiler_hooks_enter_one_shared_context_and_idle_callbacks_st
     assert Experiments in {type(c) for c in run_cli(*args).trainer.callbacks}  # the config's experiments
     plain = run_cli(*args, "--speed", "false")
     assert type(plain.trainer.profiler) is PassThroughProfiler  # Lightning's own
+
+
+def test_under_a_profiler_every_callback_hook_is_called_and_recorded(tiny_mnist, tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    class Counter(Callback):  # overrides one batch hook and leaves the others as Callback's no-ops
+        calls = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            Counter.calls += 1
+
+    profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=[Counter()],
+        profiler=profiler,
+    )
+    trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist, eval_batch_size=25))
+    assert Counter.calls == 3
+    [recorded] = [v for k, v in profiler.recorded_durations.items() if k.endswith("Counter.on_before_backward")]
+    assert len(recorded) == 3  # the no-op hook too
