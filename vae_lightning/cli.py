@@ -23,7 +23,7 @@ from vae_lightning.checkpointing import (
 )
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import release_process_group
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, check_number, explain
 from vae_lightning.experiments import Experiments
 from vae_lightning.module import RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
@@ -110,7 +110,8 @@ class VAECLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out the `progress_bar.*` bar when the trainer shows none (`enable_progress_bar: false`)
-        or its callbacks bring their own: Lightning refuses a bar in either case. Leave out `predict`'s
+        or its callbacks bring their own: Lightning refuses a bar in either case; likewise the checkpoint
+        callbacks under `enable_checkpointing: false`. Leave out `predict`'s
         writer outside `predict`, and `experiments.*` when it names none. Without a profiler configured,
         `vae_lightning.speed.NoProfiler` (unless `--speed false`).
 
@@ -121,6 +122,8 @@ class VAECLI(LightningCLI):
         own = [c for c in config.get("callbacks") or [] if isinstance(c, ProgressBar)]
         if own or config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
+        if config.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
+            callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, LastCheckpoint))]
         # Callbacks with nothing to do in this run are left out: Lightning calls each at every hook.
         if self.subcommand != "predict":
             callbacks = [c for c in callbacks if not isinstance(c, LatentWriter)]
@@ -151,6 +154,10 @@ class VAECLI(LightningCLI):
             for key, value in PLAIN_SETTINGS.items():
                 if key in config:
                     config[key] = value
+        if config.trainer.get("gradient_clip_val") is not None:  # Lightning takes a negative value silently
+            check_number(
+                "trainer.gradient_clip_val", config.trainer.gradient_clip_val, what="a clip value (null: none)"
+            )
         if self.subcommand and config.get("weights_only") is None:
             config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
         logger = config.trainer.get("logger")
@@ -217,12 +224,17 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
             args=args,
             run=run,
         )
-    except ConfigError as err:
-        print(f"vae-lightning: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     except (NonFiniteLossError, CheckpointWriteError) as err:
         print(f"vae-lightning: stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from err
+    except Exception as err:  # a user's input (ours, or what Lightning, torch or the OS say of it): one line
+        message = explain(err)
+        if message is None or os.environ.get("VAE_LIGHTNING_DEBUG"):
+            raise
+        if not isinstance(err, ConfigError):
+            message += " (VAE_LIGHTNING_DEBUG=1 shows the traceback)"
+        print(f"vae-lightning: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from err
 
 
 def main(args: ArgsType = None) -> None:

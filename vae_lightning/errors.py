@@ -1,9 +1,12 @@
-"""The one exception type for input a user has to fix, and the checks every settings class uses to raise it."""
+"""The one exception type for input a user has to fix, the checks every settings class uses to raise it, and
+the explanation of errors other libraries raise for a user's input."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -42,3 +45,80 @@ def check_choice(field: str, value: T, choices: Sequence[T]) -> T:
         listed = " or ".join(names) if len(names) == 2 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise ConfigError(f"{field} must be {listed}, got {value!r}.")
     return value
+
+
+# ------------------------------------------------------------------------------ errors raised elsewhere
+@dataclass(frozen=True)
+class KnownError:
+    """An error that Lightning, torch, jsonargparse or the OS raises for a user's setting or path: its
+    type and a pattern of its message, the field it is about and how to fix it."""
+
+    kinds: tuple[type[BaseException], ...]
+    pattern: str
+    field: str
+    fix: str
+
+
+# One line per case: the first entry that matches an exception of the chain explains it.
+KNOWN_ERRORS = (
+    KnownError(
+        (Exception,),
+        r"No supported gpu backend|accelerator is not available|no CUDA GPUs|CUDA is not available",
+        "trainer.accelerator",
+        "this machine has no usable GPU: use --trainer.accelerator cpu (or auto)",
+    ),
+    KnownError((Exception,), r"`max_epochs` must be", "trainer.max_epochs", "give epochs >= 0, or -1 for no limit"),
+    KnownError((Exception,), r"`max_steps` must be", "trainer.max_steps", "give steps >= 0, or -1 for no limit"),
+    KnownError((ValueError,), r"Invalid learning rate", "model.optimizer.init_args.lr", "give a rate > 0, e.g. 0.001"),
+    KnownError(
+        (ValueError,),
+        r"Invalid (epsilon|beta|weight_decay|momentum)",
+        "model.optimizer.init_args",
+        "keep to the optimizer's ranges (eps > 0, 0 <= betas < 1, weight_decay >= 0)",
+    ),
+    KnownError(
+        (Exception,),
+        r"ReduceLROnPlateau conditioned on metric",
+        "model.lr_scheduler_interval",
+        "ReduceLROnPlateau watches val/nelbo, which is measured once an epoch: use lr_scheduler_interval: epoch",
+    ),
+    KnownError(
+        (RuntimeError, MemoryError),
+        r"can't allocate memory|out of memory|Cannot allocate memory",
+        "model.latent_dim, the networks' sizes or data.batch_size",
+        "the model or a batch does not fit in memory: use fewer latents, narrower layers or a smaller batch",
+    ),
+    KnownError(
+        (OSError,),
+        r"File name too long",
+        "a path",
+        "shorten it (logger name, save_dir, dirpath or data_dir): each part of a path holds at most 255 bytes",
+    ),
+)
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from or during, outermost first."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def explain(err: BaseException) -> str | None:
+    """A one-line message for an error a user's input caused, or None for anything else (a bug to see whole).
+
+    A ConfigError anywhere in the chain (ours, also when jsonargparse wraps it) is its own message;
+    otherwise the first `KNOWN_ERRORS` entry that matches names the field and the fix.
+    """
+    chain = _chain(err)
+    for link in chain:
+        if isinstance(link, ConfigError):
+            return str(link)
+    for link in chain:
+        first_line = (str(link).strip().splitlines() or [type(link).__name__])[0].rstrip(".!")
+        for known in KNOWN_ERRORS:
+            if isinstance(link, known.kinds) and re.search(known.pattern, str(link)):
+                return f"{known.field}: {first_line}. Fix: {known.fix}."
+    return None
