@@ -67,3 +67,16 @@ def test_checkpointing_switched_off_runs_without_checkpoint_callbacks(run_cli, t
     fit = run_cli("fit", *TWO, "--config", tiny_config, *SHORT, "--trainer.enable_checkpointing", "false")
     assert fit.trainer.state.finished and fit.trainer.checkpoint_callback is None
     assert not list(tmp_path.glob("logs/**/*.ckpt"))
+
+
+def test_the_experiments_command_explains_the_same_way(run_cli, tiny_config, tmp_path, capsys):
+    from vae_lightning.experiments.command import main as experiments_main
+
+    run_cli("fit", *TWO, "--config", tiny_config, *SHORT)
+    checkpoint = next(tmp_path.glob("logs/two_latent/version_0/checkpoints/last.ckpt"))
+    with pytest.raises(SystemExit) as refused:
+        experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "out"),
+                          "--device", "cuda", "--experiments", "[prior_samples]"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "Traceback" not in err
+    assert err.startswith("vae-lightning-experiments: error: --device cuda: this machine has no usable CUDA GPU")

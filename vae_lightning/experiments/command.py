@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from jsonargparse import ArgumentParser
 from vae_lightning.atomic import atomic_path
 from vae_lightning.checkpointing import check_checkpoint_file
 from vae_lightning.data import MNISTDataModule
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, explain
 from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
 from vae_lightning.experiments.classifier import CLEAR_THRESHOLD
 from vae_lightning.experiments.figures import write_png
@@ -47,6 +48,8 @@ def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu (or auto).")
     return device
 
 
@@ -150,8 +153,11 @@ def main(args: list[str] | None = None) -> dict:
         settings = {name: instances[name] for name in EXPERIMENTS}
         options = {k: instances[k] for k in inspect.signature(run_experiments).parameters if k in instances}
         return run_experiments(**options, settings=settings)
-    except ConfigError as err:
-        print(f"vae-lightning-experiments: error: {err}", file=sys.stderr)
+    except Exception as err:  # a user's input: one line, as `vae-lightning` (errors.explain)
+        message = explain(err)
+        if message is None or os.environ.get("VAE_LIGHTNING_DEBUG"):
+            raise
+        print(f"vae-lightning-experiments: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
 
 
