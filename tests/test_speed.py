@@ -43,7 +43,7 @@ def test_the_cuda_probe_keeps_torch_s_answer():
         assert torch.cuda._cached_device_count == 0
 
 
-def tiny_run(tiny_mnist, tmp_path, **model_kwargs):
+def tiny_run(tiny_mnist, tmp_path, log_every_n_steps=4, **model_kwargs):
     model, data = tiny_model(**model_kwargs), tiny_data(tiny_mnist, eval_batch_size=40)
 
     class Probe(Callback):
@@ -51,7 +51,9 @@ def tiny_run(tiny_mnist, tmp_path, **model_kwargs):
             self.during = subnormals_flushed()
 
     probe = Probe()
-    trainer = quiet_trainer(max_epochs=3, log_every_n_steps=4, logger=CSVLogger(tmp_path), callbacks=[probe])
+    trainer = quiet_trainer(
+        max_epochs=3, log_every_n_steps=log_every_n_steps, logger=CSVLogger(tmp_path), callbacks=[probe]
+    )
     trainer.fit(model, datamodule=data)
     return trainer, probe.during
 
@@ -102,6 +104,13 @@ def test_per_step_values_reach_the_logger_every_n_steps_and_epoch_means_count_ev
     assert logged_steps == [3, 7, 11, 15, 19, 23, 27]  # 3 epochs x 10 steps, every 4th (0-based step)
     epoch_means = [float(r["train/nelbo_epoch"]) for r in rows if r["train/nelbo_epoch"]]
     assert len(epoch_means) == 3 and epoch_means[2] < epoch_means[0]
+
+
+def test_log_every_n_steps_0_logs_no_per_step_values_and_still_the_epoch_means(tiny_mnist, tmp_path):
+    trainer, _ = tiny_run(tiny_mnist, tmp_path, log_every_n_steps=0)
+    rows = list(csv.DictReader(Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()))
+    assert not [r for r in rows if r.get("train/loss")]
+    assert len([r for r in rows if r["train/nelbo_epoch"]]) == 3
 
 
 def test_the_training_loss_is_the_batch_mean_of_the_per_image_objective():

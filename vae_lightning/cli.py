@@ -109,11 +109,13 @@ class VAECLI(LightningCLI):
         )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
-        """Leave out the `progress_bar.*` bar when the trainer shows none (`enable_progress_bar: false`)
-        or its callbacks bring their own: Lightning refuses a bar in either case; likewise the checkpoint
-        callbacks under `enable_checkpointing: false`. Leave out `predict`'s
-        writer outside `predict`, and `experiments.*` when it names none. Without a profiler configured,
-        `vae_lightning.speed.NoProfiler` (unless `--speed false`).
+        """The Trainer with only the CLI's callbacks that this run allows and uses.
+
+        Left out: the `progress_bar.*` bar when the trainer shows none or its callbacks bring their own,
+        and the checkpoint callbacks under `enable_checkpointing: false` (Lightning refuses both);
+        `predict`'s writer outside `predict` and `experiments.*` when it names none (Lightning calls every
+        callback at every hook). Without a profiler configured, `vae_lightning.speed.NoProfiler` (unless
+        `--speed false`).
 
         LightningCLI builds the callbacks of `add_lightning_class_args` groups unconditionally and has no
         public hook between building them and the Trainer (checked with Lightning 2.6.6);
@@ -124,12 +126,10 @@ class VAECLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, TimedProgressBar)]
         if config.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, LastCheckpoint))]
-        # Callbacks with nothing to do in this run are left out: Lightning calls each at every hook.
         if self.subcommand != "predict":
             callbacks = [c for c in callbacks if not isinstance(c, LatentWriter)]
         callbacks = [c for c in callbacks if not (isinstance(c, Experiments) and not c.experiments)]
-        speed = (self.config[self.subcommand] if self.subcommand else self.config).get("speed", True)
-        if config.get("profiler") is None and speed:
+        if config.get("profiler") is None and self._settings().get("speed", True):
             config = {**config, "profiler": NoProfiler()}  # nothing to record: the same, cheaper per hook call
         return super()._instantiate_trainer(config, callbacks)
 
@@ -137,17 +137,21 @@ class VAECLI(LightningCLI):
         """Parse, then refuse a bad explicit --ckpt_path before LightningCLI reads the hyperparameters in it,
         and remember the run settings, which the command line decides even under --ckpt_path."""
         super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
-        ckpt_path = config.get("ckpt_path") if subcommand else None
+        config = self._settings()
+        ckpt_path = config.get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
             check_checkpoint_file(ckpt_path)
         self.run_settings = {key: config.model[key] for key in RUN_SETTINGS if key in config.get("model", {})}
 
+    def _settings(self):
+        """This subcommand's part of the parsed config (the whole config without a subcommand)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        # A checkpoint written before run settings left the hyperparameters still carries them: the
-        # config's and the command line's values win over those, as over everything a checkpoint does not say.
+        config = self._settings()
+        # Older checkpoints carry run settings among their hyperparameters, which LightningCLI puts over the
+        # config: the config's and the command line's values are put back, as for everything else they say.
         for key, value in self.run_settings.items():
             config.model[key] = value
         if not config.get("speed", True):

@@ -152,8 +152,8 @@ class VAELitModule(LightningModule):
             means = torch.stack(terms).mean(1)  # (4,) batch means of TERMS, outside the graph
         if checkpointing.nonfinite_step(self, means, TERMS, batch_idx, self.nonfinite):
             return None  # skip: no backward, no optimizer step (on every rank alike)
-        trainer = self.trainer  # per-step values only on the steps the Trainer writes to its loggers
-        if (self.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.fast_dev_run:
+        every = self.trainer.log_every_n_steps  # per-step values only on the steps the Trainer writes to its loggers
+        if (every and (self.global_step + 1) % every == 0) or self.trainer.fast_dev_run:
             self.log_dict({f"train/{n}": m for n, m in zip(TERMS, means)})
             self.log("loss", means[0], prog_bar=True, logger=False)
         self._accumulate("train", means, len(x), weight=len(x))
@@ -220,7 +220,7 @@ class VAELitModule(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """`vae_lightning.speed.Speed` while the Trainer runs, unless every speed setting is off."""
-        return [self.speed] if self.speed.flush_subnormals or self.speed.train_matmul_precision else []
+        return [self.speed] if self.speed.active else []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpointing.save_random_states(self, checkpoint)

@@ -83,11 +83,11 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     return mu + eps * torch.exp(0.5 * logvar)
 
 
-def log_likelihoods(x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder) -> tuple[Tensor, Tensor]:
-    """(log p(x | z_k), log p(z_k) - log q(z_k | x)) for z_k = mu + eps_k * sigma, each (K, B); one decoder call."""
+def decode_draws(x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder) -> tuple[Tensor, Tensor]:
+    """(z_k, log p(x | z_k)) for z_k = mu + eps_k * sigma: (K, B, L) and (K, B), in one decoder call."""
     z = reparameterize(mu, logvar, eps)  # (K, B, L)
     logits = decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])  # (K, B, 1, 28, 28)
-    return -bernoulli_nll(logits, x), log_prior_over_posterior(eps, z, logvar)
+    return z, -bernoulli_nll(logits, x)
 
 
 # ---------------------------------------------------------------------------------- the objectives
@@ -121,8 +121,7 @@ def vae_terms(
             (Burda et al. 2015), which has no separate terms to weight.
         recon_weight, kl_weight: the weights of the `elbo` objective.
     """
-    z = reparameterize(mu, logvar, eps)  # (K, B, L)
-    log_px_z = -bernoulli_nll(decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2]), x)  # (K, B)
+    z, log_px_z = decode_draws(x, mu, logvar, eps, decoder)  # (K, B, L), (K, B)
     recon, kl = -log_px_z.mean(0), gaussian_kl(mu, logvar)  # (B,) each
     if objective == "iwae":
         loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar))
@@ -152,11 +151,9 @@ def log_importance_weights(
     for k in range(0, num_samples, sample_step):
         columns = []
         for b in range(0, batch, image_step):  # splits the images only when chunk_size < batch
-            images = slice(b, b + image_step)
-            log_px_z, log_pz_qz = log_likelihoods(
-                x[images], mu[images], logvar[images], eps[k : k + sample_step, images], decoder
-            )
-            columns.append(log_px_z + log_pz_qz)
+            images, draws = slice(b, b + image_step), eps[k : k + sample_step, b : b + image_step]
+            z, log_px_z = decode_draws(x[images], mu[images], logvar[images], draws, decoder)
+            columns.append(log_px_z + log_prior_over_posterior(draws, z, logvar[images]))
         rows.append(torch.cat(columns, dim=1))
     return torch.cat(rows)
 

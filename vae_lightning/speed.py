@@ -123,6 +123,11 @@ class Speed(Callback):
         self._flushed_before: bool | None = None  # the state to restore, while flushing is on
         self._precision_before: str | None = None  # torch's setting to restore, while ours is on
 
+    @property
+    def active(self) -> bool:
+        """Whether any measure is asked for (with none, the Trainer runs without this callback)."""
+        return bool(self.flush_subnormals or self.train_matmul_precision)
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.strategy.root_device.type != "cpu":
             return

@@ -166,7 +166,7 @@ def torchvision_mirror_source(timeout: float = 20.0) -> Source:
                     found[spec.name] = _gunzip(gz, work / spec.name)
                     log.info("MNIST: got %s (%s)", gz.name, _size(gz.stat().st_size))
                     break
-                except Exception as err:
+                except Exception as err:  # any failure means "try the next mirror"
                     errors.append(f"{url}: {err}")
                     mirrors.remove(mirror)
             if not mirrors:
@@ -371,7 +371,7 @@ def ensure_mnist(
             work.mkdir()
             try:
                 candidates = source(needed, work)
-            except Exception as err:
+            except Exception as err:  # reported with every other source's failure below
                 tried.append(f"{name}: {err}")
                 log.info("MNIST: %s failed: %s", name, err)
                 continue

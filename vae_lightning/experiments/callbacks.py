@@ -93,11 +93,7 @@ class Experiment(Callback):
     uses_posterior: ClassVar[bool] = False  # needs the posterior of the whole test set
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ConfigError(
-                f"{type(self).__name__}.every_n_epochs must be a positive integer, got {every_n_epochs!r}."
-            )
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = check_int(f"{type(self).__name__}.every_n_epochs", every_n_epochs)
         self.last_png: Path | None = None
 
     def skip_reason(self, model) -> str | None:
