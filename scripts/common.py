@@ -18,6 +18,15 @@ def command(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def config_args(config: str, extra: list[str], save_dir: Path, name: str) -> list[str]:
+    """`vae-lightning` arguments for `configs/<config>.yaml` with `extra`, its run logged (CSV, no progress
+    bar) under `<save_dir>/<name>/version_N`."""
+    return [
+        *("--config", f"configs/{config}.yaml", *extra, "--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name),
+    ]
+
+
 def run(args: list[str], log: Path) -> float:
     """Run a command from the repository root, output to `log`; exit on failure. Returns seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO, command, latest_version, logged_metrics, machine, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, run
 
 # name -> (config, extra CLI arguments, what it is)
 RUNS: dict[str, tuple[str, list[str], str]] = {
@@ -280,20 +280,7 @@ def main() -> None:
                 shutil.rmtree(save_dir)
             print(f"[{name}] fit ...", flush=True)
             seconds = run(
-                [
-                    command("vae-lightning"),
-                    "fit",
-                    "--config",
-                    f"configs/{config}.yaml",
-                    *extra,
-                    "--trainer.enable_progress_bar",
-                    "false",
-                    "--trainer.logger.init_args.save_dir",
-                    str(save_dir),
-                    "--trainer.logger.init_args.name",
-                    name,
-                ],
-                save_dir / "fit.log",
+                [command("vae-lightning"), "fit", *config_args(config, extra, save_dir, name)], save_dir / "fit.log"
             )
             print(f"[{name}] fit {seconds:.0f} s", flush=True)
         fit_dir = latest_version(save_dir / name)

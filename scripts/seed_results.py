@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import yaml
-from common import REPO, command, latest_version, logged_metrics, machine, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, run
 
 # name -> (variant config, extra CLI arguments)
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -45,17 +45,7 @@ def main() -> None:
     for name in args.runs:
         variant, extra = RUNS[name]
         save_dir = args.workdir / name
-        common = [
-            "--config",
-            f"configs/{variant}.yaml",
-            *extra,
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.logger.init_args.save_dir",
-            str(save_dir),
-            "--trainer.logger.init_args.name",
-            name,
-        ]
+        common = config_args(variant, extra, save_dir, name)
         save_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] fit ...", flush=True)
         fit_seconds = run([*cli, "fit", *common], save_dir / "fit.log")

@@ -140,3 +140,8 @@ def subprocess_env(cwd: Path) -> dict[str, str]:
         "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     }
+
+
+def configs(*paths) -> list:
+    """`--config PATH` for each path, in order (the later wins), as the CLI takes them."""
+    return [arg for path in paths for arg in ("--config", path)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, VARIANTS, cli_error
+from conftest import CONFIGS, VARIANTS, cli_error, configs
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
@@ -117,15 +117,7 @@ def test_fit_writes_last_and_best_then_test_predict_and_reload_work(run_cli, tin
 def test_last_ckpt_holds_the_final_epoch_even_when_the_best_is_earlier(run_cli, tiny_config, tmp_path):
     # mode "max" makes the "best" the worst validation: the first epoch, since training lowers val/nelbo
     fit = run_cli(
-        "fit",
-        "--config",
-        CONFIGS / "vanilla.yaml",
-        "--config",
-        tiny_config,
-        "--trainer.max_epochs",
-        "3",
-        "--checkpoint.mode",
-        "max",
+        "fit", *configs(CONFIGS / "vanilla.yaml", tiny_config), "--trainer.max_epochs", "3", "--checkpoint.mode", "max"
     )
     folder = tmp_path / "logs" / "vanilla" / "version_0" / "checkpoints"
     best = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
@@ -158,15 +150,7 @@ def test_bad_input_is_refused_before_training_with_the_field_named(run_cli, caps
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
     (tmp_path / "a-file").write_text("")
     err = cli_error(
-        run_cli,
-        capsys,
-        "fit",
-        "--config",
-        CONFIGS / "vanilla.yaml",
-        "--config",
-        tiny_config,
-        "--data.data_dir",
-        tmp_path / "a-file",
+        run_cli, capsys, "fit", *configs(CONFIGS / "vanilla.yaml", tiny_config), "--data.data_dir", tmp_path / "a-file"
     )
     assert "data.data_dir=" in err and "is a file, not a folder" in err
 
@@ -176,10 +160,7 @@ def test_an_unwritable_data_dir_is_refused_when_files_are_needed(run_cli, capsys
         run_cli,
         capsys,
         "fit",
-        "--config",
-        CONFIGS / "vanilla.yaml",
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "vanilla.yaml", tiny_config),
         "--data.data_dir",
         "/sys/vae-lightning-test",
         "--data.download",
@@ -203,10 +184,7 @@ def test_the_ddp_pieces_compose(run_cli, capsys):
 def test_bf16_mixed_precision_trains(run_cli, tiny_config):
     cli = run_cli(
         "fit",
-        "--config",
-        CONFIGS / "two_latent.yaml",
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "two_latent.yaml", tiny_config),
         "--trainer.fast_dev_run",
         "true",
         "--trainer.precision",
@@ -257,10 +235,7 @@ def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(
     assert "nll_samples" not in torch.load(last, weights_only=True)["hyper_parameters"]  # how to run: not the model
     test = run_cli(
         "test",
-        "--config",
-        CONFIGS / "two_latent.yaml",
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "two_latent.yaml", tiny_config),
         "--ckpt_path",
         last,
         "--model.nll_samples",
@@ -284,10 +259,7 @@ def test_an_old_checkpoint_s_run_settings_give_way_to_the_command_line(run_cli, 
     assert torch.load(fixtures / "pre_simplicity.ckpt", weights_only=True)["hyper_parameters"]["nll_samples"] == 8
     test = run_cli(
         "test",
-        "--config",
-        CONFIGS / "two_latent.yaml",
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "two_latent.yaml", tiny_config),
         "--ckpt_path",
         fixtures / "pre_simplicity.ckpt",
         "--model.nll_samples",

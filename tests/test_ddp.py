@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, subprocess_env
+from conftest import CONFIGS, configs, subprocess_env
 
 from vae_lightning.experiments.command import main as experiments_main
 
@@ -35,10 +35,7 @@ def test_the_entry_point_releases_the_process_group_when_the_run_is_over(tiny_co
         main(
             [
                 "fit",
-                "--config",
-                str(CONFIGS / "two_latent.yaml"),
-                "--config",
-                str(tiny_config),
+                *configs(str(CONFIGS / "two_latent.yaml"), str(tiny_config)),
                 *map(str, DDP_CPU),
                 "--trainer.devices",
                 "1",
@@ -200,18 +197,7 @@ def test_every_rank_trains_on_a_disjoint_shard_and_each_epoch_covers_the_trainin
         )
     )
     out = cli_subprocess(
-        [
-            "fit",
-            "--config",
-            CONFIGS / "two_latent.yaml",
-            "--config",
-            tiny_config,
-            "--config",
-            probe,
-            *DDP_CPU,
-            "--trainer.max_epochs",
-            "2",
-        ],
+        ["fit", *configs(CONFIGS / "two_latent.yaml", tiny_config, probe), *DDP_CPU, "--trainer.max_epochs", "2"],
         tmp_path,
     )
     assert "MEMBER: 2/2" in out

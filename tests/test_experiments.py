@@ -11,6 +11,7 @@ import matplotlib.image
 import pytest
 import torch
 from builders import quiet_trainer, tiny_data, tiny_model
+from conftest import CONFIGS, configs
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vae_lightning.experiments import EXPERIMENTS, LatentManifold
@@ -104,15 +105,7 @@ def test_an_experiment_that_does_not_fit_the_model_is_skipped(tiny_mnist, tmp_pa
 
 
 def checkpoint_of_a_short_fit(run_cli, tiny_config, tmp_path, variant="two_latent") -> Path:
-    run_cli(
-        "fit",
-        "--config",
-        Path(__file__).parents[1] / "configs" / f"{variant}.yaml",
-        "--config",
-        tiny_config,
-        "--trainer.max_epochs",
-        "1",
-    )
+    run_cli("fit", *configs(CONFIGS / f"{variant}.yaml", tiny_config), "--trainer.max_epochs", "1")
     return tmp_path / "logs" / variant / "version_0" / "checkpoints" / "last.ckpt"
 
 
@@ -175,7 +168,6 @@ def test_the_command_refuses_a_bad_checkpoint(run_cli, tiny_config, tmp_path, ca
 
 def test_the_configs_switch_on_the_experiments_that_fit_them(run_cli, capsys):
     import yaml
-    from conftest import CONFIGS
 
     expected = {
         "vanilla": {"EpsilonSweep", "LatentTraversal", "Interpolation", "LatentScatter", "PriorSamples"},

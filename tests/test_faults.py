@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, cli_error, subprocess_env
+from conftest import CONFIGS, cli_error, configs, subprocess_env
 
 TWO = ["--config", CONFIGS / "two_latent.yaml"]
+# NaNAfter (tests/probes.py) breaks on its 7th training call: global step 6, epoch 1, batch 1
+NAN_FROM_STEP_6 = ("--model.encoder", "probes.NaNAfter", "--model.encoder.init_args.after", "7")
 
 
 def fit_once(run_cli, tiny_config, tmp_path, *extra) -> Path:
@@ -23,21 +25,8 @@ def fit_once(run_cli, tiny_config, tmp_path, *extra) -> Path:
 
 
 def test_a_non_finite_loss_stops_the_run_before_it_updates_the_weights(run_cli, capsys, tiny_config, tmp_path):
-    # NaNAfter (tests/probes.py) breaks on its 7th training call: global step 6, epoch 1, batch 1
     err = cli_error(
-        run_cli,
-        capsys,
-        "fit",
-        *TWO,
-        "--config",
-        tiny_config,
-        "--trainer.max_epochs",
-        "3",
-        "--model.encoder",
-        "probes.NaNAfter",
-        "--model.encoder.init_args.after",
-        "7",
-        code=1,
+        run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3", *NAN_FROM_STEP_6, code=1
     )
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
     assert "non-finite loss at global step 6 (epoch 1, batch 1 of the epoch; loss=nan" in err
@@ -57,27 +46,13 @@ def test_nonfinite_skip_skips_the_bad_updates_and_finishes(run_cli, tiny_config,
             "2",
             "--model.nonfinite",
             "skip",
-            "--model.encoder",
-            "probes.NaNAfter",
-            "--model.encoder.init_args.after",
-            "7",
+            *NAN_FROM_STEP_6,
         )
     skipped = [str(w.message) for w in caught if "skipped this batch's update" in str(w.message)]
     assert [m.split(" (")[0] for m in skipped] == [f"non-finite loss at global step {s}" for s in (6, 7, 8, 9)]
     assert cli.trainer.state.finished
     # every update from step 6 on was skipped: the weights are those of the same run stopped after 6 steps
-    reference = run_cli(
-        "fit",
-        *TWO,
-        "--config",
-        tiny_config,
-        "--trainer.max_steps",
-        "6",
-        "--model.encoder",
-        "probes.NaNAfter",
-        "--model.encoder.init_args.after",
-        "7",
-    )
+    reference = run_cli("fit", *TWO, "--config", tiny_config, "--trainer.max_steps", "6", *NAN_FROM_STEP_6)
     assert reference.trainer.global_step == 6
     assert all(torch.equal(p, reference.model.state_dict()[k]) for k, p in cli.model.state_dict().items())
 
@@ -88,10 +63,7 @@ def test_resuming_with_a_config_of_another_architecture_is_refused(run_cli, caps
         run_cli,
         capsys,
         "fit",
-        "--config",
-        CONFIGS / "cnn.yaml",
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "cnn.yaml", tiny_config),
         "--ckpt_path",
         "last",
         "--trainer.logger.init_args.name",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, configs
 from test_objectives import OneLatentDecoder, on_grid
 from torch import nn
 
@@ -115,10 +115,7 @@ def test_bad_objective_settings_are_refused(kwargs, match):
 def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, tmp_path, config):
     fit = run_cli(
         "fit",
-        "--config",
-        CONFIGS / "paper" / config,
-        "--config",
-        tiny_config,
+        *configs(CONFIGS / "paper" / config, tiny_config),
         "--trainer.max_epochs",
         "1",
         "--model.train_samples",

@@ -8,12 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from vae_lightning.objectives import (
-    bernoulli_nll,
-    gaussian_kl,
-    importance_weighted_bound,
-    log_importance_weights,
-)
+from vae_lightning.objectives import bernoulli_nll, gaussian_kl, importance_weighted_bound, log_importance_weights
 
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, cli_error
+from conftest import CONFIGS, cli_error, configs
 from test_ddp import cli_subprocess
 
 BASE = ["--config", CONFIGS / "two_latent.yaml", "--data.binarize", "dynamic"]  # every random stream in play
@@ -68,10 +68,7 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_and_finishes_th
         [
             "fit",
             *BASE,
-            "--config",
-            tiny_config,
-            "--config",
-            killer,
+            *configs(tiny_config, killer),
             "--trainer.logger.init_args.name",
             "killed",
             "--trainer.max_epochs",

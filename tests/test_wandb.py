@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, cli_error
+from conftest import CONFIGS, cli_error, configs
 
 WANDB = CONFIGS / "logger" / "wandb.yaml"
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # looks like an API key; must never be written anywhere
@@ -78,14 +78,7 @@ def test_an_offline_run_holds_metrics_by_step_config_images_and_no_key(run_cli, 
     try:
         run_cli(
             "fit",
-            "--config",
-            CONFIGS / "two_latent.yaml",
-            "--config",
-            tiny_config,
-            "--config",
-            WANDB,
-            "--config",
-            experiments_piece(tmp_path),
+            *configs(CONFIGS / "two_latent.yaml", tiny_config, WANDB, experiments_piece(tmp_path)),
             "--trainer.max_epochs",
             "2",
             "--trainer.log_every_n_steps",
@@ -132,16 +125,13 @@ def test_two_ddp_processes_make_exactly_one_run(tiny_config, tmp_path, offline):
     out = cli_subprocess(
         [
             "fit",
-            "--config",
-            CONFIGS / "two_latent.yaml",
-            "--config",
-            tiny_config,
-            "--config",
-            WANDB,
-            "--config",
-            experiments_piece(tmp_path),
-            "--config",
-            CONFIGS / "trainer" / "ddp_cpu.yaml",
+            *configs(
+                CONFIGS / "two_latent.yaml",
+                tiny_config,
+                WANDB,
+                experiments_piece(tmp_path),
+                CONFIGS / "trainer" / "ddp_cpu.yaml",
+            ),
             "--trainer.max_epochs",
             "1",
         ],
@@ -170,12 +160,7 @@ def test_log_model_offline_is_refused_with_the_fix(run_cli, tiny_config, capsys,
         run_cli,
         capsys,
         "fit",
-        "--config",
-        CONFIGS / "two_latent.yaml",
-        "--config",
-        tiny_config,
-        "--config",
-        WANDB,
+        *configs(CONFIGS / "two_latent.yaml", tiny_config, WANDB),
         "--trainer.logger.init_args.offline",
         "true",
         "--trainer.logger.init_args.log_model",
