@@ -145,3 +145,34 @@ def subprocess_env(cwd: Path) -> dict[str, str]:
 def configs(*paths) -> list:
     """`--config PATH` for each path, in order (the later wins), as the CLI takes them."""
     return [arg for path in paths for arg in ("--config", path)]
+
+
+@pytest.fixture
+def read_only():
+    """`with read_only(folder):` makes an existing folder truly read-only for this process: a read-only bind
+    mount over itself when the tests run as root (root writes through permission bits), else chmod."""
+    import contextlib
+    import stat
+    import subprocess
+
+    @contextlib.contextmanager
+    def make(folder: Path):
+        folder = Path(folder)
+        if os.geteuid() != 0:
+            mode = folder.stat().st_mode
+            folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+            try:
+                yield folder
+            finally:
+                folder.chmod(mode)
+            return
+        for command in (["mount", "--bind", folder, folder], ["mount", "-o", "remount,bind,ro", folder]):
+            done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"could not make {folder} read-only ({' '.join(map(str, command))}): {done.stderr}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+
+    return make

@@ -35,17 +35,18 @@ class SeenImages(Callback):
 
 
 class NaNAfter(MLPEncoder):
-    """An encoder that breaks on purpose: from its `after`-th training call on, logvar is NaN."""
+    """An encoder that breaks on purpose: from its `after`-th training call on (until its `until`-th,
+    excluded; 0: for good), logvar is NaN."""
 
-    def __init__(self, latent_dim: int = 2, after: int = 3) -> None:
+    def __init__(self, latent_dim: int = 2, after: int = 3, until: int = 0) -> None:
         super().__init__(latent_dim, [64])
-        self.after, self.calls = after, 0
+        self.after, self.until, self.calls = after, until, 0
 
     def forward(self, x):
         mu, logvar = super().forward(x)
         if self.training:
             self.calls += 1
-            if self.calls >= self.after:
+            if self.calls >= self.after and not (self.until and self.calls >= self.until):
                 logvar = logvar * float("nan")
         return mu, logvar
 
@@ -68,3 +69,24 @@ class ProcessGroupSeen(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         ProcessGroupSeen.seen.append(torch.distributed.is_initialized())
+
+
+class IntegerEncoder(MLPEncoder):
+    """A network that breaks the contract: it rounds (mu, logvar) to integers."""
+
+    def __init__(self, latent_dim: int = 2) -> None:
+        super().__init__(latent_dim, [64])
+
+    def forward(self, x):
+        return tuple(t.round().long() for t in super().forward(x))
+
+
+class InterruptAt(Callback):
+    """Sends its own process SIGINT (what Ctrl-C sends) after `step` steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

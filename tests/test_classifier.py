@@ -44,7 +44,7 @@ def test_the_classifier_is_trained_once_and_cached(tmp_path):
     make_tiny_mnist(tmp_path / "data")
     train_x, train_y, test_x, test_y = load(tmp_path / "data")
     first, report = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
-    (path,) = (tmp_path / "cache").iterdir()
+    (path,) = (tmp_path / "cache" / "classifiers").iterdir()
     stamp = path.stat().st_mtime_ns
     again, cached_report = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
     assert path.stat().st_mtime_ns == stamp and cached_report == report
@@ -62,3 +62,24 @@ def test_synthetic_non_digits_are_images_in_range():
     labels = torch.arange(50) % 10
     made = synthetic_non_digits(images, labels, 300, torch.Generator().manual_seed(0))
     assert made.shape == (300, 1, 28, 28) and made.min() >= 0 and made.max() <= 1
+
+
+def test_a_read_only_data_dir_caches_the_classifier_in_the_user_cache(tmp_path, monkeypatch, read_only):
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.experiments.classifier import check_cache
+
+    make_tiny_mnist(tmp_path / "data")
+    train_x, train_y, test_x, test_y = load(tmp_path / "data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    with read_only(tmp_path / "data"):
+        check_cache(tmp_path / "data")  # writable elsewhere: accepted
+        cached_classifier(tmp_path / "data", train_x, train_y, test_x, test_y)
+        assert [p.parent for p in (tmp_path / "user-cache").rglob("digits-*.pt")] == [
+            tmp_path / "user-cache" / "vae-lightning" / "classifiers"
+        ]
+        assert not (tmp_path / "data" / "classifiers").exists()
+    (tmp_path / "no-cache").mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
+    refused = pytest.raises(ConfigError, match="digit classifier cannot be cached.*XDG_CACHE_HOME")
+    with read_only(tmp_path / "data"), read_only(tmp_path / "no-cache"), refused:
+        check_cache(tmp_path / "data")  # nowhere to write: refused before any training

@@ -11,40 +11,53 @@ from vae_lightning.errors import ConfigError, explain
 TWO = ("--config", CONFIGS / "two_latent.yaml")
 SHORT = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")
 
-# (arguments after the variant config and the tiny set, text the message must hold)
+# (subcommand, arguments after the variant config and the tiny set, text the message must hold); `{tmp}` is
+# the test's folder, which holds `bad.yaml` (a YAML error), `weights.pt` (a bare state_dict), `plain.ckpt`
+# (some other dict) and `a-file`.
 BAD_INPUT = [
-    (("--trainer.accelerator", "gpu"), "trainer.accelerator"),
-    (("--trainer.max_epochs", "-5"), "trainer.max_epochs"),
-    (("--model.optimizer.init_args.lr", "-1", *SHORT), "model.optimizer.init_args.lr"),
-    (("--model.optimizer.init_args.eps", "-1", *SHORT), "model.optimizer.init_args"),
-    (("--trainer.gradient_clip_val", "-1"), "trainer.gradient_clip_val must be a clip value (null: none) >= 0"),
-    (("--model.latent_dim", "100000000000"), "model.latent_dim, the networks' sizes or data.batch_size"),
-    (("--trainer.logger.init_args.name", "x" * 300, *SHORT), "a path: [Errno 36] File name too long"),
-    (
-        (
-            "--model.lr_scheduler",
-            "torch.optim.lr_scheduler.ReduceLROnPlateau",
-            "--model.lr_scheduler_interval",
-            "step",
-            *SHORT,
-        ),
-        "model.lr_scheduler_interval",
-    ),  # fmt: skip
-    (
-        (
-            "--trainer.callbacks",
-            '[{"class_path": "vae_lightning.experiments.Interpolation", "init_args": {"digits": [3, 3]}}]',
-        ),
-        "Interpolation.digits must be two different digits",
-    ),  # fmt: skip
-]
+    ("fit", ("--trainer.accelerator", "gpu"), "trainer.accelerator"),
+    ("fit", ("--trainer.max_epochs", "-5"), "trainer.max_epochs"),
+    ("fit", ("--model.optimizer.init_args.lr", "-1", *SHORT), "model.optimizer.init_args.lr"),
+    ("fit", ("--model.optimizer.init_args.eps", "-1", *SHORT), "model.optimizer.init_args"),
+    ("fit", ("--trainer.gradient_clip_val", "-1"), "trainer.gradient_clip_val must be a clip value (null: none) >= 0"),
+    ("fit", ("--model.latent_dim", "100000000000"), "model.latent_dim, the networks' sizes or data.batch_size"),
+    ("fit", ("--trainer.logger.init_args.name", "x" * 300, *SHORT), "a path: [Errno 36] File name too long"),
+    ("fit", ("--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau",
+             "--model.lr_scheduler_interval", "step", *SHORT), "model.lr_scheduler_interval"),
+    ("fit", ("--trainer.callbacks", '[{"class_path": "vae_lightning.experiments.Interpolation", '
+             '"init_args": {"digits": [3, 3]}}]'), "Interpolation.digits must be two different digits"),
+    ("fit", ("--model.encoder", "probes.IntegerEncoder"), "model.encoder (IntegerEncoder) must return floating-point"),
+    ("fit", ("--data.data_dir", ""), "data.data_dir is empty"),
+    ("fit", ("--config", "{tmp}/bad.yaml"), "--config {tmp}/bad.yaml: not valid YAML at line 3, column 1"),
+    ("fit", ("--trainer.logger.init_args.save_dir", "/sys/vae-x"), "trainer.logger: '/sys/vae-x/two_latent/version_0'"),
+    ("fit", ("--checkpoint.dirpath", "{tmp}/a-file/checkpoints"), "checkpoint.dirpath: '{tmp}/a-file' is a file"),
+    ("fit", ("--ckpt_path", "best"), "--ckpt_path best: no best checkpoint under {tmp}/logs/two_latent"),
+    ("fit", ("--ckpt_path", "{tmp}/weights.pt"), "holds a bare state_dict (parameter tensors by name)"),
+    ("test", ("--ckpt_path", "{tmp}/plain.ckpt"), "holds a dict of ['epoch', 'weights'], not a Lightning checkpoint"),
+    ("predict", ("--predictions.output_dir", "{tmp}/a-file"), "predictions.output_dir: '{tmp}/a-file' is a file"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "expected"), BAD_INPUT, ids=[case[1][:40] for case in BAD_INPUT])
-def test_bad_input_ends_in_one_line_naming_the_field(run_cli, capsys, tiny_config, args, expected):
-    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, *args)
-    assert expected in err and "Traceback" not in err
+@pytest.fixture
+def bad_files(tmp_path):
+    import torch
+
+    (tmp_path / "bad.yaml").write_text("model:\n  latent_dim: [2\n")
+    torch.save({"weight": torch.zeros(2), "bias": torch.zeros(2)}, tmp_path / "weights.pt")
+    torch.save({"epoch": 3, "weights": [1.0]}, tmp_path / "plain.ckpt")
+    (tmp_path / "a-file").write_text("not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("subcommand", "args", "expected"), BAD_INPUT, ids=[c[2][:40] for c in BAD_INPUT])
+def test_bad_input_ends_in_one_line_naming_the_field(
+    run_cli, capsys, tiny_config, bad_files, subcommand, args, expected
+):
+    args = [str(a).replace("{tmp}", str(bad_files)) for a in args]
+    err = cli_error(run_cli, capsys, subcommand, *TWO, "--config", tiny_config, *args)
+    assert expected.replace("{tmp}", str(bad_files)) in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("vae-lightning: error:")]) == 1
+    assert not (bad_files / "logs").exists()  # a refused run leaves no half-made folder
 
 
 def test_the_debug_switch_shows_the_whole_traceback(run_cli, tiny_config, monkeypatch):

@@ -133,6 +133,11 @@ def test_a_bad_file_is_replaced_only_by_a_verified_copy_and_kept_aside(tiny_mnis
     assert sha256(raw / "t10k-images-idx3-ubyte") == checksums["t10k-images-idx3-ubyte"]
     assert (raw / "t10k-images-idx3-ubyte.rejected").read_bytes() == altered  # nothing lost
 
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"a second bad copy")  # rejected too, beside the first
+    ensure_mnist(data_dir, specs=specs_for(checksums), sources=[("mirror", copying_source(good))])
+    assert (raw / "t10k-images-idx3-ubyte.rejected").read_bytes() == altered
+    assert (raw / "t10k-images-idx3-ubyte.rejected-2").read_bytes() == b"a second bad copy"
+
 
 def test_when_every_source_fails_the_error_lists_each_and_the_manual_fix(tmp_path):
     with pytest.raises(ConfigError) as err:

@@ -61,7 +61,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(Callback):
     """Keeps `<run dir>/checkpoints/last.ckpt` (beside the best checkpoint) the latest state of training.
 
-    Rewritten at the end of every training epoch (after its validation) and, when
+    Rewritten at the end of every training epoch (after its validation), on Ctrl-C, and, when
     `every_n_train_steps` > 0, every that many optimizer steps, so a killed run loses at most the
     steps since then. Resume with `vae-lightning fit --config ... --ckpt_path last`.
 
@@ -91,9 +91,18 @@ class LastCheckpoint(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save(trainer)
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Ctrl-C while training: save the state reached (the steps since the last save are kept)."""
+        if isinstance(exception, KeyboardInterrupt) and trainer.training:
+            self._save(trainer)
+            if trainer.is_global_zero and self.path is not None and self.path.is_file():
+                log.warning("Interrupted at global step %d: saved %s", trainer.global_step, self.path)
 
-def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path") -> Path:
-    """Refuse a missing, truncated, corrupted or code-carrying checkpoint before Lightning loads it."""
+
+def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False) -> Path:
+    """Refuse a missing, truncated, corrupted or code-carrying checkpoint, or a file that is not a Lightning
+    checkpoint (a bare state_dict, any other dict), before Lightning loads it; with `resume`, also one saved
+    with weights only (nothing to resume training from)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{field} {str(path)!r} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
@@ -110,19 +119,131 @@ def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path") -
             f"{field} {str(path)!r} is corrupted (member {bad} fails its checksum); use another checkpoint."
         )
     try:  # weights-only: tensors and plain data, never code; mmap: the tensors are not read here
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise ConfigError(
             f"{field} {str(path)!r} holds more than tensors and plain data, so it was not loaded (no code from a "
             f"checkpoint runs here): {str(err).splitlines()[-1] if str(err) else type(err).__name__}"
         ) from err
+    if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(checkpoint):
+        if isinstance(checkpoint, dict) and all(isinstance(v, Tensor) for v in checkpoint.values()):
+            what = "a bare state_dict (parameter tensors by name)"
+        else:
+            keys = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else []
+            what = f"a dict of {keys}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise ConfigError(
+            f"{field} {str(path)!r} holds {what}, not a Lightning checkpoint (state_dict, hyper_parameters, "
+            f"pytorch-lightning_version): point it at a .ckpt written by `vae-lightning fit`, or load a bare "
+            f"state_dict in Python with model.load_state_dict(torch.load(path))."
+        )
+    if resume and not {"optimizer_states", "loops"} <= set(checkpoint):
+        raise ConfigError(
+            f"{field} {str(path)!r} holds weights only (no optimizer or loop state), so `fit` cannot resume from it: "
+            f"test or predict with it, or start a new fit without --ckpt_path."
+        )
     return path
 
 
-def find_last_checkpoint(root: Path) -> Path | None:
-    """The most recently written `last.ckpt` among `<root>/*/checkpoints/`, or None."""
-    candidates = list(root.glob("*/checkpoints/last.ckpt"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+# What decides which images a run trains and validates on, and what their pixels are.
+DATA_IDENTITY = ("val_size", "seed", "binarize", "checksums")
+# What decides the model a checkpoint holds (LightningCLI puts these over the config under --ckpt_path).
+ARCHITECTURE = ("latent_dim", "encoder", "decoder", "objective", "train_samples", "recon_weight", "kl_weight")
+
+
+def provenance(path: str | os.PathLike | None) -> dict[str, str | None]:
+    """What an output was made from: the checkpoint's absolute path and SHA-256 (both None without one)."""
+    if not path or not Path(path).is_file():
+        return {"checkpoint": None, "checkpoint_sha256": None}
+    from vae_lightning.data.files import sha256_of
+
+    return {"checkpoint": str(Path(path).resolve()), "checkpoint_sha256": sha256_of(Path(path))}
+
+
+def check_same_data(path: str | os.PathLike, data_hparams: dict) -> None:
+    """Refuse to resume the fit of `path` on other data than it saw: another validation split, seed or
+    binarization would validate on images it trained on, or change what the numbers mean."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("datamodule_hyper_parameters")
+    if not saved:
+        return
+    differences = [
+        f"data.{key}: {saved[key]!r} in the checkpoint, {data_hparams.get(key)!r} now"
+        for key in DATA_IDENTITY
+        if key in saved and saved[key] != data_hparams.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"--ckpt_path {str(path)!r}: resuming would continue on other data than the run saw "
+            f"({'; '.join(differences)}). Resume with the run's data settings (its config.yaml), "
+            "or start a new fit without --ckpt_path."
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A config value (jsonargparse Namespace, class_path dict) as plain data, class paths by class name."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        plain = {k: _plain(v) for k, v in value.items() if k != "latent_dim"}  # linked: compared on its own
+        if "class_path" in plain:
+            plain["class_path"] = str(plain["class_path"]).rsplit(".", 1)[-1]
+        return plain
+    return list(map(_plain, value)) if isinstance(value, (list, tuple)) else value
+
+
+def model_differences(path: str | os.PathLike, model_config: Any) -> list[str]:
+    """Where the model a checkpoint holds differs from the one `model_config` describes, one entry each."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+    differences = []
+    for key in ARCHITECTURE:
+        if key not in saved or key not in model_config:
+            continue
+        theirs, ours = _plain(saved[key]), _plain(model_config[key])
+        if theirs != ours:
+            differences.append(f"model.{key} {theirs} (config: {ours})")
+    return differences
+
+
+def find_checkpoint(root: Path, kind: str, runs: bool = True) -> Path | None:
+    """`last`: the most recently written last.ckpt; `best`: the best-scored of the top-k checkpoints
+    (ModelCheckpoint's, every .ckpt but last.ckpt) of the most recent run that has one.
+
+    With `runs`, `root` holds runs (`<root>/<run>/checkpoints/`); else it is a checkpoints folder itself.
+    """
+    folders = [p.parent for p in root.glob("*/checkpoints/*.ckpt")] if runs else [root]
+    candidates: dict[Path, list[Path]] = {}
+    for folder in set(folders):
+        found = sorted(folder.glob("*.ckpt"))
+        found = [p for p in found if (p.name == "last.ckpt") == (kind == "last")]
+        if found:
+            candidates[folder] = found
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda f: max(p.stat().st_mtime for p in candidates[f]))
+    return min(candidates[newest], key=_score) if kind == "best" else candidates[newest][0]
+
+
+def _score(path: Path) -> float:
+    """The monitored value a ModelCheckpoint recorded when it wrote `path`, signed so that lower is better."""
+    try:
+        states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    except Exception:  # unreadable: last choice (check_checkpoint_file names the problem if it is chosen)
+        return math.inf
+    for key, state in states.items():
+        if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
+            score = float(state["current_score"])
+            return -score if "'mode': 'max'" in key else score
+    return math.inf
+
+
+def check_finite_validation(module: LightningModule, means: dict[str, float]) -> None:
+    """Stop a run whose validation means are not finite, before a checkpoint callback keeps them as its best."""
+    bad = {name: value for name, value in means.items() if not math.isfinite(value)}
+    if bad:
+        raise NonFiniteLossError(
+            f"validation after epoch {module.current_epoch} gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+            f"stopped before a checkpoint recorded it. Last good checkpoint: {last_good_checkpoint(module.trainer)}. "
+            "Lower the learning rate, or look for inputs the networks cannot handle."
+        )
 
 
 def last_good_checkpoint(trainer: Trainer) -> str:
@@ -200,12 +321,19 @@ def restore_random_states(module: LightningModule, checkpoint: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"][rank].clone(), module.device)
 
 
+# Under `nonfinite: skip`, a run stops once more than this share of an epoch's training batches were skipped:
+# it is not learning from its data any more, and its checkpoints would only record that.
+SKIP_LIMIT = 0.5
+
+
 def nonfinite_step(module: LightningModule, means: Tensor, names: Sequence[str], batch_idx: int, policy: str) -> bool:
     """Whether this training step's loss (`means[0]`, the batch means of `names`) is not finite on any rank
     (every rank agrees).
 
-    Under `policy` "skip" it warns and returns True (the step must not update the weights); under
-    "stop" it raises NonFiniteLossError naming the step, the batch and the last good checkpoint.
+    Under `policy` "skip" it warns and returns True (the step must not update the weights), counting the
+    skips in `module.skipped_steps` (the module resets it every epoch) and raising NonFiniteLossError past
+    `SKIP_LIMIT`; under "stop" it raises NonFiniteLossError naming the step, the batch and the last good
+    checkpoint.
     """
     trainer = module.trainer
     bad = not math.isfinite(means[0].item())
@@ -217,6 +345,14 @@ def nonfinite_step(module: LightningModule, means: Tensor, names: Sequence[str],
     where = f"global step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx} of the epoch; {values})"
     if policy == "skip":
         rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")
+        skipped = module.skipped_steps = getattr(module, "skipped_steps", 0) + 1
+        batches = trainer.num_training_batches
+        if skipped > SKIP_LIMIT * batches:
+            raise NonFiniteLossError(
+                f"{skipped} of this epoch's {batches} training batches gave a non-finite loss, more than "
+                f"model.nonfinite: skip allows ({SKIP_LIMIT:.0%}); stopped at {where}. Last good checkpoint: "
+                f"{last_good_checkpoint(trainer)}. Lower the learning rate, or look for bad data."
+            )
         return True
     raise NonFiniteLossError(
         f"non-finite loss at {where}; stopped before it could update the weights. Last good checkpoint: "

@@ -12,23 +12,35 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointWriteError,
     LastCheckpoint,
     NonFiniteLossError,
     check_checkpoint_file,
-    find_last_checkpoint,
+    check_same_data,
+    find_checkpoint,
+    model_differences,
 )
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import release_process_group
 from vae_lightning.errors import ConfigError, check_number, explain
-from vae_lightning.experiments import Experiments
+from vae_lightning.experiments import Experiment, Experiments
+from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
 from vae_lightning.module import RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
-from vae_lightning.runs import logger_root, run_dir
+from vae_lightning.runs import (
+    highest_missing,
+    logger_root,
+    planned_run_dir,
+    refuse_earlier_outputs,
+    remove_if_unused,
+    run_dir,
+)
 from vae_lightning.speed import PLAIN_SETTINGS, NoProfiler, TimedProgressBar
 
 log = logging.getLogger(__name__)
@@ -107,6 +119,9 @@ class VAECLI(LightningCLI):
         parser.add_argument(
             "--speed", type=bool, default=True, help="false: every speed measure off (vae_lightning.speed)"
         )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="true: replace what an earlier run left where this one writes"
+        )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """The Trainer with only the CLI's callbacks that this run allows and uses.
@@ -133,14 +148,27 @@ class VAECLI(LightningCLI):
             config = {**config, "profiler": NoProfiler()}  # nothing to record: the same, cheaper per hook call
         return super()._instantiate_trainer(config, callbacks)
 
+    def __init__(self, *args, new_folders: list[Path] | None = None, **kwargs) -> None:
+        self.new_folders = new_folders if new_folders is not None else []  # see _check_outputs
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, then refuse a bad explicit --ckpt_path before LightningCLI reads the hyperparameters in it,
-        and remember the run settings, which the command line decides even under --ckpt_path."""
+        """Parse (a config file that is not YAML refused by name), then refuse a bad explicit --ckpt_path before
+        LightningCLI reads the hyperparameters in it, say where its model differs from the config's, and
+        remember the run settings, which the command line decides even under --ckpt_path."""
+        check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         config = self._settings()
         ckpt_path = config.get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
-            check_checkpoint_file(ckpt_path)
+            check_checkpoint_file(ckpt_path, resume=self.config.subcommand == "fit")
+            differences = model_differences(ckpt_path, config.get("model", {}))
+            if differences:
+                print(
+                    f"vae-lightning: note: the model is the checkpoint's, not the config's (--ckpt_path {ckpt_path}): "
+                    f"{'; '.join(differences)}.",
+                    file=sys.stderr,
+                )
         self.run_settings = {key: config.model[key] for key in RUN_SETTINGS if key in config.get("model", {})}
 
     def _settings(self):
@@ -165,8 +193,14 @@ class VAECLI(LightningCLI):
         if self.subcommand and config.get("weights_only") is None:
             config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
         logger = config.trainer.get("logger")
-        for item in logger if isinstance(logger, list) else [logger]:
-            if isinstance(item, dict) or not hasattr(item, "class_path") or not item.class_path.endswith("WandbLogger"):
+        loggers = [item for item in (logger if isinstance(logger, list) else [logger]) if hasattr(item, "class_path")]
+        root = config.trainer.get("default_root_dir")
+        for item in loggers:  # --trainer.default_root_dir moves the whole run: relative logger folders go under it
+            save_dir = item.init_args.get("save_dir")
+            if root and not (save_dir and Path(save_dir).is_absolute()):
+                item.init_args["save_dir"] = os.path.join(root, save_dir or "")
+        for item in loggers:
+            if not item.class_path.endswith("WandbLogger"):
                 continue
             args = item.init_args
             offline = bool(args.get("offline")) or os.environ.get("WANDB_MODE", "").lower() in OFFLINE_MODES
@@ -183,41 +217,117 @@ class VAECLI(LightningCLI):
                 )
 
     def _before_run(self) -> None:
-        """For every subcommand: atomic checkpoint writes; `--ckpt_path last` resolved across log versions."""
+        """For every subcommand, before any data is loaded: atomic checkpoint writes; `--ckpt_path last|best`
+        resolved across log versions; a resumed fit checked to see the data its checkpoint saw; every output
+        folder checked (`_check_outputs`)."""
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = str(self._resolve_last())
+        if config.get("ckpt_path") in ("last", "best"):
+            config["ckpt_path"] = str(self._resolve(config["ckpt_path"]))
+        if self.subcommand == "fit" and config.get("ckpt_path") and Path(config["ckpt_path"]).is_file():
+            check_same_data(config["ckpt_path"], self.datamodule.hparams)
+        if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:  # the other processes start later, under
+            # this one's launcher; fast_dev_run writes no logs or checkpoints
+            self._check_outputs(config)
 
-    def _resolve_last(self) -> Path:
-        """`--ckpt_path last`: last_checkpoint.dirpath's last.ckpt when that is set, else the newest
-        last.ckpt among this logger's earlier versions (each run logs to a new version)."""
-        last = next((cb for cb in self.trainer.callbacks if isinstance(cb, LastCheckpoint)), None)
-        if last is not None and last.dirpath:
-            where, found = Path(last.dirpath), Path(last.dirpath) / "last.ckpt"
+    def _check_outputs(self, config) -> None:
+        """Refuse, before any work, output folders that cannot be written or hold another run's files (unless
+        --overwrite); a resumed fit may write beside the checkpoint it continues. The folders this command
+        will create are remembered, so that `cli` removes them again if the command ends before writing."""
+        trainer, run = self.trainer, planned_run_dir(self.trainer)
+        outputs = []  # (field, folder, files that would be replaced)
+        if trainer.loggers and run is not None:
+            outputs.append(("trainer.logger", run, "*"))
+        if self.subcommand == "fit":
+            for callback in trainer.callbacks:
+                if type(callback) in (ModelCheckpoint, LastCheckpoint):
+                    field = "checkpoint.dirpath" if type(callback) is ModelCheckpoint else "last_checkpoint.dirpath"
+                    folder = Path(callback.dirpath) if callback.dirpath else run and run / "checkpoints"
+                    if folder is not None:
+                        outputs.append((field, folder, "*.ckpt"))
+            if any(isinstance(cb, (Experiments, Experiment)) for cb in trainer.callbacks):
+                check_classifier_cache(self.datamodule.data_dir)
+                if not trainer.loggers:
+                    outputs.append(("trainer.default_root_dir", Path(trainer.default_root_dir) / "figures", "*.png"))
+        writer = next((cb for cb in trainer.callbacks if isinstance(cb, LatentWriter)), None)
+        if writer is not None and writer.output_dir is not None:
+            split = getattr(self.datamodule, "predict_split", "predict")
+            outputs.append(("predictions.output_dir", Path(writer.output_dir), f"latents_{split}.pt"))
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt_path and Path(ckpt_path).is_file():  # continues into its own folders
+            continued = Path(ckpt_path).resolve().parent
+            outputs = [o for o in outputs if o[1].resolve() not in (continued, *continued.parents)]
+        refuse_earlier_outputs(outputs, overwrite=bool(self._settings().get("overwrite")))
+        for _, folder, _ in outputs:
+            remove_stale_temporaries(folder)
+            top = highest_missing(folder)
+            if top is not None:
+                self.new_folders.append(top)
+
+    def _resolve(self, kind: str) -> Path:
+        """`--ckpt_path last|best`: the folder of last_checkpoint.dirpath (last) or checkpoint.dirpath (best) when
+        set, else the newest run of this logger that has one (each run logs to a new version)."""
+        callback_type = LastCheckpoint if kind == "last" else ModelCheckpoint
+        callback = next((cb for cb in self.trainer.callbacks if type(cb) is callback_type), None)
+        if callback is not None and callback.dirpath:
+            where, found = Path(callback.dirpath), find_checkpoint(Path(callback.dirpath), kind, runs=False)
         elif self.trainer.loggers:
             where = logger_root(self.trainer)
-            found = find_last_checkpoint(where)
+            found = find_checkpoint(where, kind)
         else:
             where = Path(self.trainer.default_root_dir)
-            found = where / "checkpoints" / "last.ckpt"
-        if found is None or not found.is_file():
+            found = find_checkpoint(where / "checkpoints", kind, runs=False)
+        if found is None:
+            what = "no last.ckpt under {}: nothing to resume" if kind == "last" else "no best checkpoint under {}"
             raise ConfigError(
-                f"--ckpt_path last: no last.ckpt under {where}: nothing to resume. "
-                "Start without --ckpt_path, or give the checkpoint's path."
+                f"--ckpt_path {kind}: {what.format(where)}. Start without --ckpt_path, or give the checkpoint's path."
             )
-        log.info("Resuming from %s (the newest last.ckpt under %s)", found, where)
-        return check_checkpoint_file(found)
+        log.info(
+            "%s from %s (the %s checkpoint under %s)",
+            "Resuming" if kind == "last" else "Using",
+            found,
+            "newest last" if kind == "last" else "best",
+            where,
+        )
+        return check_checkpoint_file(found, f"--ckpt_path {kind} ({found})", resume=self.subcommand == "fit")
 
     before_fit = before_validate = before_test = before_predict = _before_run
 
 
+def check_config_files(args: list[str]) -> None:
+    """Refuse a `--config` file that is not valid YAML, naming it with the line and column (jsonargparse's own
+    message names neither)."""
+    args = [str(a) for a in args]
+    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # jsonargparse names a missing file itself
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(
+                f"--config {path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}): fix the file."
+            ) from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {path}: cannot be read ({err}).") from err
+
+
 def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
-    """Build (and with `run`, execute) the CLI; tests call it with a list of args and read `.trainer`."""
+    """Build (and with `run`, execute) the CLI; tests call it with a list of args and read `.trainer`.
+
+    Exit codes: 2 for input the user has to fix (one line on stderr, naming the field or file and the fix),
+    1 for a run that stopped (a non-finite loss, a failed write), 130 for Ctrl-C (after saving last.ckpt).
+    Output folders the command created are removed again when it ends before writing anything into them.
+    """
+    new_folders: list[Path] = []
+    finished = False
     try:
-        return VAECLI(
+        made = VAECLI(
             VAELitModule,
             MNISTDataModule,
             save_config_callback=ConfigToLoggers,
@@ -227,7 +337,19 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
             trainer_defaults=TRAINER_DEFAULTS,
             args=args,
             run=run,
+            new_folders=new_folders,
         )
+        finished = True
+        return made
+    except SystemExit as err:
+        if not isinstance(err.__context__, KeyboardInterrupt):  # Lightning exits 1 after Ctrl-C's clean-up
+            raise
+        print(
+            "vae-lightning: interrupted (Ctrl-C); the state when it stopped is in last.ckpt: continue with the same "
+            "command and --ckpt_path last.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from err
     except (NonFiniteLossError, CheckpointWriteError) as err:
         print(f"vae-lightning: stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from err
@@ -239,6 +361,10 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
             message += " (VAE_LIGHTNING_DEBUG=1 shows the traceback)"
         print(f"vae-lightning: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
+    finally:
+        if not finished:
+            for folder in new_folders:
+                remove_if_unused(folder)
 
 
 def main(args: ArgsType = None) -> None:

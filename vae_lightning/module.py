@@ -57,7 +57,9 @@ class VAELitModule(LightningModule):
             which bounds its memory; the conv decoder holds ~90 KB per pair: use ~128.
         eval_seed: seeds the per-image noise of validation and test.
         nonfinite: what a non-finite training loss does, checked before the update: `stop` the run
-            (naming the step, the batch and the last good checkpoint) or `skip` that batch's update.
+            (naming the step, the batch and the last good checkpoint) or `skip` that batch's update
+            (the run still stops once over half of an epoch's batches were skipped). A non-finite
+            validation mean always stops the run.
         flush_subnormals: flush subnormal floats to zero on every CPU thread while a Trainer runs.
         train_matmul_precision: `torch.set_float32_matmul_precision` for the training steps alone
             ("medium": bfloat16 inputs, float32 sums); evaluation keeps torch's setting. None: torch's.
@@ -105,6 +107,7 @@ class VAELitModule(LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self._sums: dict[str, Tensor] = {}  # per stage, the epoch's sums over images of each term,
         self._counts: dict[str, int] = {}  # and its number of images
+        self.skipped_steps = 0  # non-finite batches skipped this epoch (checkpointing.nonfinite_step)
 
     # ------------------------------------------------------------------ public API
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,6 +162,9 @@ class VAELitModule(LightningModule):
         self._accumulate("train", means, len(x), weight=len(x))
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.skipped_steps = 0  # non-finite batches skipped this epoch (checkpointing.nonfinite_step)
+
     def on_train_epoch_end(self) -> None:
         self._log_means("train", TERMS, suffix="_epoch")
 
@@ -206,7 +212,10 @@ class VAELitModule(LightningModule):
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         if totals[-1] > 0:
-            for name, value in zip(names, (totals[:-1] / totals[-1]).float()):
+            means = dict(zip(names, (totals[:-1] / totals[-1]).float()))
+            if stage == "val" and not self.trainer.sanity_checking:
+                checkpointing.check_finite_validation(self, {n: m.item() for n, m in means.items()})
+            for name, value in means.items():
                 self.log(f"{stage}/{name}{suffix}", value, sync_dist=True)  # already identical on all ranks
 
     # ------------------------------------------------------------------ optimizers, callbacks, checkpoints

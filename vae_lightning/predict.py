@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vae_lightning.atomic import save_atomically
+from vae_lightning.checkpointing import provenance
 from vae_lightning.distributed import gather_rows
 from vae_lightning.runs import run_dir
 
@@ -19,9 +20,11 @@ KEYS = ("mu", "logvar", "label", "index")
 class LatentWriter(Callback):
     """Writes the predict split's posteriors to `<output_dir>/latents_<split>.pt`.
 
-    The file is one dict of CPU tensors in dataset order, loaded with `torch.load(path)`:
-    `mu` (N, L) posterior means, `logvar` (N, L) log-variances, `label` (N,) digits, `index` (N,)
-    positions in the split. Under DDP every rank's rows are gathered and rank 0 writes once.
+    The file is one dict, loaded with `torch.load(path)`: CPU tensors in dataset order, `mu` (N, L)
+    posterior means, `logvar` (N, L) log-variances, `label` (N,) digits, `index` (N,) positions in the
+    split; and what made them, `checkpoint` (its absolute path) and `checkpoint_sha256` (None when
+    predicting without a checkpoint). Under DDP every rank's rows are gathered and rank 0 writes once.
+    The CLI refuses, before predicting, to replace an earlier file (unless --overwrite true).
 
     Args:
         output_dir: folder for the file; default: the run's folder (`vae_lightning.runs.run_dir`).
@@ -47,5 +50,5 @@ class LatentWriter(Callback):
         folder = Path(self.output_dir) if self.output_dir is not None else run_dir(trainer)  # every rank: broadcasts
         self.last_path = folder / f"latents_{getattr(trainer.datamodule, 'predict_split', 'predict')}.pt"
         if trainer.is_global_zero:
-            save_atomically(rows, self.last_path)
+            save_atomically({**rows, **provenance(trainer.ckpt_path)}, self.last_path)
             log.info("Wrote %d posteriors (mu, logvar, label, index) to %s", len(order), self.last_path)

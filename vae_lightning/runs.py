@@ -1,16 +1,33 @@
-"""Where a run's files go: one folder per run, whatever the logger."""
+"""Where a run's files go (one folder per run, whatever the logger), and the checks that a run may write
+there: before any work starts, every output folder must be writable and hold nothing of another run."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from lightning.pytorch import Trainer
+
+from vae_lightning.errors import ConfigError
 
 
 def logger_root(trainer: Trainer) -> Path:
     """`<save_dir>/<name>` of the first logger, the parent of its runs' folders (a logger is required)."""
     logger = trainer.loggers[0]
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+
+
+def planned_run_dir(trainer: Trainer) -> Path | None:
+    """`run_dir` as this process sees it, without broadcasting (for checks before a run starts), or None
+    when the logger decides its folder only once it starts (W&B without an `id`)."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    version = trainer.loggers[0].version
+    if version is None:
+        return None
+    return logger_root(trainer) / (version if isinstance(version, str) else f"version_{version}")
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -28,3 +45,74 @@ def run_dir(trainer: Trainer) -> Path:
     else:
         path = Path(trainer.default_root_dir)
     return Path(trainer.strategy.broadcast(str(path)))
+
+
+def first_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, field: str) -> Path:
+    """Refuse a folder that cannot be created or written (creating nothing): the folder itself when it
+    exists, else its nearest existing ancestor, must be a folder this process can create a file in."""
+    path = Path(path)
+    existing = first_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(f"{field}: {str(existing)!r} is a file, so {str(path)!r} cannot be a folder: choose another.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{field}: {str(path)!r} cannot be written ({err.strerror or err} in {existing}): "
+            f"choose a writable folder for {field}."
+        ) from err
+    return path
+
+
+def refuse_earlier_outputs(outputs: Iterable[tuple[str, Path, str]], overwrite: bool) -> None:
+    """Refuse to write where another run's files are, unless `overwrite`.
+
+    Args:
+        outputs: (field, folder, glob pattern) of what this command will write; each folder is checked
+            writable, and any existing file matching its pattern is another run's.
+        overwrite: the user's `--overwrite true`: such files may be replaced.
+    """
+    found = []
+    for field, folder, pattern in outputs:
+        check_writable(folder, field)
+        if folder.is_dir():
+            found += [(field, p) for p in sorted(folder.glob(pattern)) if not p.name.startswith(".")]
+    if found and not overwrite:
+        fields = sorted({field for field, _ in found})
+        listed = ", ".join(str(path) for _, path in found[:3])
+        listed += f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ConfigError(
+            f"{' / '.join(fields)}: this command would replace files of another run ({listed}). Choose another "
+            f"folder (another logger name or version, or {fields[0]}), or pass --overwrite true to replace them."
+        )
+
+
+def highest_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating `path` creates), or None."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return None
+    while not path.parent.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def remove_if_unused(folder: Path) -> None:
+    """Remove `folder` (one this command created) when it holds nothing but the config the run saved: a run
+    refused or stopped before it wrote anything leaves no half-made folder behind."""
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if all(p.name in ("config.yaml", "hparams.yaml") for p in files):
+        for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        folder.rmdir()

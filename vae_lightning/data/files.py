@@ -9,7 +9,7 @@ files, each checked against its SHA-256. It tries, in order, stopping at the fir
    unpickled by a loader that accepts numpy arrays and nothing else.
 
 A replacement is written under a temporary name, verified, and only then renamed into place;
-a rejected file is kept beside it as `<name>.rejected`, never silently overwritten.
+a rejected file is kept beside it as `<name>.rejected` (`.rejected-2`, ... after that), never overwritten.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,16 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
 
+def user_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/vae-lightning`, else `~/.cache/vae-lightning`."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-lightning"
+
+
 def default_data_dir() -> Path:
-    """`$VAE_LIGHTNING_DATA_DIR`, else `$XDG_CACHE_HOME/vae-lightning`, else `~/.cache/vae-lightning`."""
+    """`$VAE_LIGHTNING_DATA_DIR`, else the user cache dir (`user_cache_dir`)."""
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "vae-lightning"
+    return user_cache_dir()
 
 
 def raw_dir(data_dir: str | os.PathLike) -> Path:
@@ -101,7 +106,9 @@ def check_file(path: Path, spec: FileSpec) -> str | None:
 
 
 def check_data_dir(data_dir: str | os.PathLike, field: str = "data_dir") -> Path:
-    """Refuse a data_dir that can never hold the files (a file, or a file on the way to it)."""
+    """Refuse a data_dir that can never hold the files (empty, a file, or a file on the way to it)."""
+    if not str(data_dir).strip():
+        raise ConfigError(f"{field} is empty: give a folder, or leave it unset (null) to use {default_data_dir()}.")
     path = Path(data_dir).expanduser()
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
@@ -297,11 +304,20 @@ def package_index_source(
 
 
 # ----------------------------------------------------------------------------- orchestration
+def rejected_name(target: Path) -> Path:
+    """`<name>.rejected`, or `<name>.rejected-2`, `-3`, ... when earlier rejected files are there: none is replaced."""
+    rejected, number = target.with_name(target.name + ".rejected"), 1
+    while rejected.exists() or rejected.is_symlink():
+        number += 1
+        rejected = target.with_name(f"{target.name}.rejected-{number}")
+    return rejected
+
+
 def _install(candidate: Path, target: Path) -> None:
-    """Move a verified candidate into place, keeping a rejected original as `<name>.rejected`."""
+    """Move a verified candidate into place, keeping a rejected original as `<name>.rejected[-N]`."""
     if target.exists():
-        rejected = target.with_name(target.name + ".rejected")
-        os.replace(target, rejected)
+        rejected = rejected_name(target)
+        os.rename(target, rejected)
         log.warning("MNIST: kept the rejected %s as %s", target.name, rejected.name)
     os.replace(candidate, target)
 
@@ -336,6 +352,7 @@ def ensure_mnist(
         ConfigError: naming each file that could not be had, what each source said, and the fix.
     """
     raw = raw_dir(check_data_dir(data_dir, field))
+    remove_stale_temporaries(raw)
     reasons = {spec.name: check_file(raw / spec.name, spec) for spec in specs}
     needed = [spec for spec in specs if reasons[spec.name] is not None]
     if not needed:
@@ -344,7 +361,7 @@ def ensure_mnist(
         log.info("MNIST: %s in %s is %s", spec.name, raw, reasons[spec.name])
     try:
         raw.mkdir(parents=True, exist_ok=True)
-        scratch = tempfile.TemporaryDirectory(dir=raw, prefix=".fetch-")
+        scratch = tempfile.TemporaryDirectory(dir=raw, prefix=f".fetch-{os.getpid()}-")
     except OSError as err:
         raise ConfigError(
             f"{field}={str(data_dir)!r} is not writable ({err.strerror or err}) and MNIST files are needed there "

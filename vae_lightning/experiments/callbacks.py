@@ -9,6 +9,7 @@ The post-hoc command `vae-lightning-experiments` calls the same `run`.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from vae_lightning.experiments import compute, measures, render
 from vae_lightning.experiments.classifier import DigitClassifier, Judgement, cached_classifier, judge
 from vae_lightning.experiments.figures import figure_dir, publish
 
+log = logging.getLogger(__name__)
+
 
 @functools.lru_cache(maxsize=4)
 def digit_classifier(data_dir: str) -> tuple[DigitClassifier, dict[str, float]]:
     """The cached digit classifier for the MNIST files in `data_dir` (trained there once)."""
     train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
-    return cached_classifier(Path(data_dir) / "classifiers", train.data, train.targets, test.data, test.targets)
+    return cached_classifier(data_dir, train.data, train.targets, test.data, test.targets)
 
 
 @dataclass
@@ -103,16 +106,37 @@ class Experiment(Callback):
     def run(self, model, data: ExperimentData) -> Outcome:
         raise NotImplementedError
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        prepare_judge(trainer)
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        prepare(trainer, pl_module, [self])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_due(trainer, pl_module, [self])
 
 
-def prepare_judge(trainer: Trainer) -> None:
-    """Train (or load) the digit classifier at fit start, not in the middle of training."""
-    if trainer.is_global_zero:
+def will_run(trainer: Trainer, module: LightningModule, experiment: Experiment) -> bool:
+    """Whether `experiment` fits the model and one of the epochs this fit still trains ends in its turn."""
+    if experiment.skip_reason(module) is not None:
+        return False
+    if trainer.max_epochs is None or trainer.max_epochs < 0:  # no epoch limit
+        return True
+    val_every = trainer.check_val_every_n_epoch or 1
+    return any(
+        (epoch + 1) % experiment.every_n_epochs == 0 and (epoch + 1) % val_every == 0
+        for epoch in range(trainer.current_epoch, trainer.max_epochs)
+    )
+
+
+def prepare(trainer: Trainer, module: LightningModule, experiments: Sequence[Experiment]) -> None:
+    """At the start of training (after a resume has set the epoch): say which experiments do not fit the
+    model and are skipped, and train (or load) the digit classifier, before the first epoch rather than in
+    the middle of training, and only when an experiment will run in this fit."""
+    if not trainer.is_global_zero:
+        return
+    for experiment in experiments:
+        reason = experiment.skip_reason(module)
+        if reason is not None:
+            log.info("Experiment %s skipped: %s; its numbers are not reported.", experiment.name, reason)
+    if any(will_run(trainer, module, e) for e in experiments):
         digit_classifier(os.fspath(trainer.datamodule.data_dir))
 
 
@@ -440,6 +464,11 @@ class LatentScatter(Experiment):
         super().__init__(every_n_epochs)
         self.max_points, self.knn_k, self.grid = max_points, knn_k, grid
 
+    def skip_reason(self, model) -> str | None:
+        if model.latent_dim < 2:
+            return f"a scatter plane needs 2 latent dimensions, the model has {model.latent_dim}"
+        return None
+
     def run(self, model, data: ExperimentData) -> Outcome:
         mu = data.posterior_of(model)[0]
         labels = data.labels
@@ -529,7 +558,9 @@ class Experiments(Callback):
 
     Each sends its figure to every logger that takes images, writes it as
     `<run dir>/figures/exp_<name>-epochNNN.png`, and logs its numbers as `exp/<name>/<measure>`.
-    An experiment that does not fit the model (e.g. a 2-D grid of a 1-latent model) is skipped.
+    An experiment that does not fit the model (e.g. a 2-D grid of a 1-latent model) is skipped, with a
+    line on the console saying why. The digit classifier they share is trained (once, then cached) at
+    the start of training, and only when one of them will run in this fit.
 
     Args:
         names: experiments to run, in order, from reconstructions, epsilon_sweep, latent_traversal,
@@ -554,9 +585,8 @@ class Experiments(Callback):
                 ) from err
             self.experiments.append(experiment)
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.experiments:
-            prepare_judge(trainer)
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        prepare(trainer, pl_module, self.experiments)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_due(trainer, pl_module, self.experiments)

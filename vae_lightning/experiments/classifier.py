@@ -7,7 +7,8 @@ non-digits (speckle noise, smooth blobs, overlays of two different digits). An i
 digit* when the top class is a digit with probability at least `CLEAR_THRESHOLD`.
 
 It is trained once (about a minute on a 2-core CPU) and cached beside the data as
-`<data_dir>/classifiers/digits-v1-<hash of the training images>.pt`, with its test accuracy and
+`<data_dir>/classifiers/digits-v1-<hash of the training images>.pt` (in the user cache dir,
+`~/.cache/vae-lightning/classifiers`, when the data dir is read-only), with its test accuracy and
 how often it rejects fresh synthetic non-digits.
 """
 
@@ -157,15 +158,48 @@ def _train(images, labels, test_images, test_labels, epochs, batch_size, seed):
     return classifier, report
 
 
+def cache_dirs(data_dir: str | os.PathLike) -> list[Path]:
+    """Where the classifier of the MNIST files in `data_dir` is looked for, in order: beside the data, then
+    the user cache dir; it is written to the first of them that is writable."""
+    from vae_lightning.data.files import user_cache_dir
+
+    return [Path(data_dir) / "classifiers", user_cache_dir() / "classifiers"]
+
+
+def writable_cache_dir(data_dir: str | os.PathLike) -> Path:
+    """The first of `cache_dirs(data_dir)` a new classifier can be written to, or a ConfigError naming them."""
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.runs import check_writable
+
+    reasons = []
+    for folder in cache_dirs(data_dir):
+        try:
+            return check_writable(folder, "the digit classifier's cache")
+        except ConfigError as err:
+            reasons.append(str(err))
+    raise ConfigError(
+        f"the experiments' digit classifier cannot be cached: {' '.join(reasons)} Make data.data_dir writable, "
+        f"or set XDG_CACHE_HOME to a writable folder."
+    )
+
+
+def check_cache(data_dir: str | os.PathLike) -> None:
+    """Before any work: a classifier is cached for `data_dir` already, or one can be written (ConfigError)."""
+    if not any(any(folder.glob(f"digits-{VERSION}-*.pt")) for folder in cache_dirs(data_dir) if folder.is_dir()):
+        writable_cache_dir(data_dir)
+
+
 def cached_classifier(
-    cache_dir: str | os.PathLike, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor
+    data_dir: str | os.PathLike, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor
 ) -> tuple[DigitClassifier, dict[str, float]]:
-    """Load the classifier trained on exactly these images from `cache_dir`, or train and cache it."""
+    """Load the classifier trained on exactly these images from `cache_dirs(data_dir)`, or train and cache it."""
     import hashlib
 
     digest = hashlib.sha256(images.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
-    path = Path(cache_dir) / f"digits-{VERSION}-{digest}.pt"
-    if path.is_file():
+    name = f"digits-{VERSION}-{digest}.pt"
+    for path in (folder / name for folder in cache_dirs(data_dir)):
+        if not path.is_file():
+            continue
         try:
             saved = torch.load(path, weights_only=True)
             with torch.random.fork_rng(devices=[]):  # layer initialisation draws random numbers
@@ -174,6 +208,7 @@ def cached_classifier(
             return classifier.eval(), saved["report"]
         except Exception as err:
             log.warning("digit classifier: cache %s unreadable (%s); training again", path, err)
+    path = writable_cache_dir(data_dir) / name  # checked before the training it would otherwise waste
     log.info("digit classifier: training once on %d images (cached at %s)", len(images), path)
     classifier, report = train_classifier(images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu())
     log.info(

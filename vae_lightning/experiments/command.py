@@ -3,7 +3,8 @@
     vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir out/two_latent
 
 Writes `<output_dir>/<experiment>.png` for each experiment and `<output_dir>/measures.json` with every
-number, its definition, the model, the data mode and the digit classifier's own scores. Options of
+number, its definition, the checkpoint it came from (path and SHA-256), the model, the data mode and the
+digit classifier's own scores. Options of
 each experiment are `--<experiment>.<option>`, e.g. `--latent_traversal.dims [0,1]`.
 """
 
@@ -21,13 +22,15 @@ import torch
 from jsonargparse import ArgumentParser
 
 from vae_lightning.atomic import atomic_path
-from vae_lightning.checkpointing import check_checkpoint_file
+from vae_lightning.checkpointing import check_checkpoint_file, provenance
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError, explain
 from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
 from vae_lightning.experiments.classifier import CLEAR_THRESHOLD
+from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
 from vae_lightning.experiments.figures import write_png
 from vae_lightning.module import VAELitModule
+from vae_lightning.runs import refuse_earlier_outputs
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def run_experiments(
         download: fetch MNIST if missing.
         experiments: names to run (default: every one that fits the model).
         device: `auto`, `cpu` or `cuda`.
-        overwrite: replace an earlier measures.json in output_dir.
+        overwrite: replace an earlier measures.json and figures in output_dir.
         settings: configured experiments by name (default: each with its defaults).
     """
     names = experiments or list(EXPERIMENTS)
@@ -80,15 +83,14 @@ def run_experiments(
     if unknown:
         raise ConfigError(f"--experiments {unknown} unknown: choose from {list(EXPERIMENTS)}.")
     out = Path(output_dir)
-    if (out / "measures.json").exists() and not overwrite:
-        raise ConfigError(f"{out / 'measures.json'} exists: pass --overwrite true or choose another --output_dir.")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir {str(out)!r} is a file, not a folder.")
+    outputs = [("--output_dir", out, name) for name in ("measures.json", *(f"{n}.png" for n in names))]
+    refuse_earlier_outputs(outputs, overwrite)  # before any work: writable, and nothing of another run replaced
 
     model, checkpoint = load_model(ckpt_path, resolve_device(device))
     data_hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
     data_hparams.update(download=download, **({"data_dir": data_dir} if data_dir is not None else {}))
     datamodule = MNISTDataModule(**data_hparams)
+    check_classifier_cache(datamodule.data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
     data = ExperimentData.from_datamodule(datamodule)
@@ -100,6 +102,7 @@ def run_experiments(
         reason = experiment.skip_reason(model)
         if reason is not None:
             skipped[name] = reason
+            log.info("%s skipped: %s; its numbers are not reported.", name, reason)
             continue
         start = time.perf_counter()
         outcome = experiment.run(model, data)
@@ -115,7 +118,7 @@ def run_experiments(
 
     hparams = model.hparams
     record = {
-        "checkpoint": str(Path(ckpt_path)),
+        **provenance(ckpt_path),
         "model": {
             "latent_dim": model.latent_dim,
             "encoder": type(model.encoder).__name__,

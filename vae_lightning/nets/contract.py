@@ -62,6 +62,11 @@ def check_networks(encoder: nn.Module, decoder: nn.Module, latent_dim: int, batc
                 f"{expected_latent}, for input {tuple(x.shape)}; it returned {_shapes(out)}. "
                 f"Make its latent size equal model.latent_dim={latent_dim} (the CLI links them)."
             )
+        if not all(t.is_floating_point() for t in out):
+            raise ConfigError(
+                f"model.encoder ({_name(encoder)}) must return floating-point (mu, logvar); it returned "
+                f"{', '.join(str(t.dtype) for t in out)}. Return the layers' outputs without rounding or casting."
+            )
         try:
             logits = decoder(z)
         except Exception as err:
@@ -73,6 +78,11 @@ def check_networks(encoder: nn.Module, decoder: nn.Module, latent_dim: int, batc
             raise ConfigError(
                 f"model.decoder ({_name(decoder)}) must return logits of shape {(batch, *IMAGE_SHAPE)} for "
                 f"latents {tuple(z.shape)}; it returned {_shapes(logits)}."
+            )
+        if not logits.is_floating_point():
+            raise ConfigError(
+                f"model.decoder ({_name(decoder)}) must return floating-point logits; it returned {logits.dtype}. "
+                f"Return the last layer's output without rounding or casting."
             )
     finally:
         encoder.train(modes[0]), decoder.train(modes[1])
