@@ -35,6 +35,15 @@ BAD_INPUT = [
     ("fit", ("--ckpt_path", "{tmp}/weights.pt"), "holds a bare state_dict (parameter tensors by name)"),
     ("test", ("--ckpt_path", "{tmp}/plain.ckpt"), "holds a dict of ['epoch', 'weights'], not a Lightning checkpoint"),
     ("predict", ("--predictions.output_dir", "{tmp}/a-file"), "predictions.output_dir: '{tmp}/a-file' is a file"),
+    ("fit", ("--trainer.devices", "0"), "trainer.devices: `Trainer(devices='0')` value is not a valid input"),
+    ("fit", ("--trainer.max_time", "abc"), "trainer.max_time: `Timer(duration='abc')` is not a valid duration"),
+    ("fit", ("--trainer.val_check_interval", "1000"), "trainer.val_check_interval: "),
+    ("fit", ("--trainer.accumulate_grad_batches", "0"), "trainer.accumulate_grad_batches must be a positive integer"),
+    ("fit", ("--trainer.check_val_every_n_epoch", "0"), "trainer.check_val_every_n_epoch must be a positive integer"),
+    ("fit", ("--checkpoint.monitor", "val/nope"), "checkpoint.monitor: 'val/nope' is not a metric the model logs"),
+    ("fit", ("--trainer.callbacks", '[{"class_path": "lightning.pytorch.callbacks.EarlyStopping", '
+             '"init_args": {"monitor": "val/nope"}}]'), "EarlyStopping.monitor: 'val/nope' is not a metric"),
+    ("fit", ("--seed_everything", "-1"), "seed_everything: -1 is not in bounds"),
 ]  # fmt: skip
 
 

@@ -127,8 +127,12 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_run_resumes(tiny_config, tmp_p
     out = cli_subprocess(
         ["fit", *TWO, *configs(tiny_config, stop), "--trainer.max_epochs", "3"], tmp_path, returncode=130
     )
-    assert "interrupted (Ctrl-C)" in out and "--ckpt_path last" in out and "Traceback" not in out
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
+    assert (
+        f"interrupted (Ctrl-C); saved {last} (global step 7): continue with the same command and --ckpt_path last"
+        in out
+    )
+    assert "Traceback" not in out
     assert torch.load(last, weights_only=True)["global_step"] == 7
     out = cli_subprocess(["fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3", "--ckpt_path", "last"],
                          tmp_path)  # fmt: skip

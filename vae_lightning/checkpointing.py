@@ -93,10 +93,10 @@ class LastCheckpoint(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Ctrl-C while training: save the state reached (the steps since the last save are kept)."""
-        if isinstance(exception, KeyboardInterrupt) and trainer.training:
+        if isinstance(exception, KeyboardInterrupt) and trainer.training and self.path is not None:
             self._save(trainer)
-            if trainer.is_global_zero and self.path is not None and self.path.is_file():
-                log.warning("Interrupted at global step %d: saved %s", trainer.global_step, self.path)
+            # the CLI reads it off the interrupt to say where to resume from (Lightning then exits with status 1)
+            exception.saved_checkpoint = f"{self.path} (global step {trainer.global_step})"
 
 
 def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -27,10 +27,10 @@ from vae_lightning.checkpointing import (
 )
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import release_process_group
-from vae_lightning.errors import ConfigError, check_number, explain
+from vae_lightning.errors import ConfigError, check_int, check_number, explain
 from vae_lightning.experiments import Experiment, Experiments
 from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
-from vae_lightning.module import RUN_SETTINGS, VAELitModule
+from vae_lightning.module import METRICS, RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
 from vae_lightning.runs import (
@@ -68,6 +68,8 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
 }
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
+# Trainer counts Lightning takes unchecked (a 0 ends in a ZeroDivisionError mid-run), with their least value.
+TRAINER_COUNTS = {"accumulate_grad_batches": 1, "check_val_every_n_epoch": 1, "num_nodes": 1}
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -186,6 +188,9 @@ class VAECLI(LightningCLI):
             for key, value in PLAIN_SETTINGS.items():
                 if key in config:
                     config[key] = value
+        for key, minimum in TRAINER_COUNTS.items():  # Lightning divides by some of them, deep in its loops
+            if config.trainer.get(key) is not None:
+                check_int(f"trainer.{key}", config.trainer[key], minimum=minimum)
         if config.trainer.get("gradient_clip_val") is not None:  # Lightning takes a negative value silently
             check_number(
                 "trainer.gradient_clip_val", config.trainer.gradient_clip_val, what="a clip value (null: none)"
@@ -228,9 +233,27 @@ class VAECLI(LightningCLI):
             config["ckpt_path"] = str(self._resolve(config["ckpt_path"]))
         if self.subcommand == "fit" and config.get("ckpt_path") and Path(config["ckpt_path"]).is_file():
             check_same_data(config["ckpt_path"], self.datamodule.hparams)
+        if self.subcommand == "fit":
+            self._check_monitors()
         if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:  # the other processes start later, under
             # this one's launcher; fast_dev_run writes no logs or checkpoints
             self._check_outputs(config)
+
+    def _check_monitors(self) -> None:
+        """Refuse a checkpoint or early-stopping monitor the model never logs, before training (Lightning finds
+        out at the end of the first epoch)."""
+        for callback in self.trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not monitor:
+                continue
+            if monitor not in METRICS and not monitor.startswith("exp/"):
+                field = (
+                    "checkpoint.monitor" if type(callback) is ModelCheckpoint else f"{type(callback).__name__}.monitor"
+                )
+                raise ConfigError(
+                    f"{field}: {monitor!r} is not a metric the model logs: choose from {', '.join(METRICS)}, "
+                    "or an experiment's exp/<experiment>/<measure>."
+                )
 
     def _check_outputs(self, config) -> None:
         """Refuse, before any work, output folders that cannot be written or hold another run's files (unless
@@ -344,12 +367,9 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
     except SystemExit as err:
         if not isinstance(err.__context__, KeyboardInterrupt):  # Lightning exits 1 after Ctrl-C's clean-up
             raise
-        print(
-            "vae-lightning: interrupted (Ctrl-C); the state when it stopped is in last.ckpt: continue with the same "
-            "command and --ckpt_path last.",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from err
+        interrupted(err.__context__)
+    except KeyboardInterrupt as err:  # outside the Trainer: while parsing or building
+        interrupted(err)
     except (NonFiniteLossError, CheckpointWriteError) as err:
         print(f"vae-lightning: stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from err
@@ -365,6 +385,17 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
         if not finished:
             for folder in new_folders:
                 remove_if_unused(folder)
+
+
+def interrupted(interrupt: KeyboardInterrupt) -> None:
+    """Ctrl-C: say what was saved and how to go on, then exit with status 130 (128 + SIGINT)."""
+    saved = getattr(interrupt, "saved_checkpoint", None)
+    if saved:
+        message = f"saved {saved}: continue with the same command and --ckpt_path last"
+    else:
+        message = "nothing was saved (training had not started)"
+    print(f"vae-lightning: interrupted (Ctrl-C); {message}.", file=sys.stderr)
+    raise SystemExit(130) from interrupt
 
 
 def main(args: ArgsType = None) -> None:

@@ -89,6 +89,15 @@ KNOWN_ERRORS = (
         "the model or a batch does not fit in memory: use fewer latents, narrower layers or a smaller batch",
     ),
     KnownError(
+        (ValueError,),
+        r"`val_check_interval` \(",
+        "trainer.val_check_interval",
+        "give at most the number of training batches of an epoch, or a fraction of an epoch (e.g. 0.5)",
+    ),
+    KnownError(
+        (ValueError,), r"is not in bounds, numpy accepts", "seed_everything", "give a seed from 0 to 4294967295"
+    ),
+    KnownError(
         (OSError,),
         r"File name too long",
         "a path",
@@ -106,11 +115,27 @@ def _chain(err: BaseException) -> list[BaseException]:
     return seen
 
 
+# Lightning's own "this setting cannot be used" error, and where the settings its messages name live in a config.
+MISCONFIGURATION = "MisconfigurationException"
+SETTING_FIELDS = {"Trainer": "trainer.{}", "ModelCheckpoint": "checkpoint.{}", "Timer": "trainer.max_time"}
+
+
+def _lightning_setting(message: str) -> str:
+    """The config field a Lightning message names as `Class(argument=...)`, else a pointer to the trainer."""
+    found = re.search(r"`?(\w+)\((\w+)=", message)
+    if found and found.group(1) in SETTING_FIELDS:
+        return SETTING_FIELDS[found.group(1)].format(found.group(2))
+    if found:
+        return f"{found.group(1)}.{found.group(2)} (under trainer.callbacks)"
+    return "a trainer setting"
+
+
 def explain(err: BaseException) -> str | None:
     """A one-line message for an error a user's input caused, or None for anything else (a bug to see whole).
 
     A ConfigError anywhere in the chain (ours, also when jsonargparse wraps it) is its own message;
-    otherwise the first `KNOWN_ERRORS` entry that matches names the field and the fix.
+    otherwise the first `KNOWN_ERRORS` entry that matches names the field and the fix; otherwise
+    Lightning's MisconfigurationException (always a setting Lightning cannot use) names its setting.
     """
     chain = _chain(err)
     for link in chain:
@@ -121,4 +146,8 @@ def explain(err: BaseException) -> str | None:
         for known in KNOWN_ERRORS:
             if isinstance(link, known.kinds) and re.search(known.pattern, str(link)):
                 return f"{known.field}: {first_line}. Fix: {known.fix}."
+    for link in chain:
+        if type(link).__name__ == MISCONFIGURATION:
+            first_line = (str(link).strip().splitlines() or [""])[0].rstrip(".!")
+            return f"{_lightning_setting(first_line)}: {first_line}. Fix: change that setting (see --help)."
     return None

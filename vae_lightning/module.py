@@ -27,6 +27,12 @@ except ImportError:  # pragma: no cover
 TERMS = ("loss", "recon", "kl", "nelbo")
 # How to run and evaluate a model, not what it is: never saved in its checkpoint, so under `--ckpt_path`
 # the config's and the command line's values stand.
+# What the module logs (besides `test/*` and the experiments' `exp/<experiment>/<measure>`): what a checkpoint
+# callback, early stopping or a scheduler can watch during a fit.
+METRICS = (
+    *(f"{stage}/{term}" for stage in ("val", "train") for term in TERMS),
+    *(f"train/{term}_epoch" for term in TERMS),
+)
 RUN_SETTINGS = ("nll_samples", "nll_chunk_size", "eval_seed", "nonfinite", "flush_subnormals", "train_matmul_precision")
 
 
