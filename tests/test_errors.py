@@ -44,6 +44,8 @@ BAD_INPUT = [
     ("fit", ("--trainer.callbacks", '[{"class_path": "lightning.pytorch.callbacks.EarlyStopping", '
              '"init_args": {"monitor": "val/nope"}}]'), "EarlyStopping.monitor: 'val/nope' is not a metric"),
     ("fit", ("--seed_everything", "-1"), "seed_everything: -1 is not in bounds"),
+    ("fit", ("--trainer.limit_train_batches", "-1"), "trainer.limit_train_batches: You have passed invalid value"),
+    ("fit", ("--trainer.barebones", "true"), "trainer.barebones: `Trainer(barebones=True"),
 ]  # fmt: skip
 
 
@@ -91,14 +93,27 @@ def test_checkpointing_switched_off_runs_without_checkpoint_callbacks(run_cli, t
     assert not list(tmp_path.glob("logs/**/*.ckpt"))
 
 
-def test_the_experiments_command_explains_the_same_way(run_cli, tiny_config, tmp_path, capsys):
+# (arguments of `vae-lightning-experiments` after --ckpt_path and --output_dir, text the message must hold)
+EXPERIMENTS_BAD_INPUT = [
+    (("--device", "cuda"), "--device cuda: this machine has no usable CUDA GPU"),
+    (("--output_dir", "{tmp}/a-file"), "--output_dir: '{tmp}/a-file' is a file, not a folder"),
+    (("--experiments", "[bogus]"), "--experiments ['bogus'] unknown"),
+    (("--latent_scatter.grid", "0"), "latent_scatter.grid must be a positive integer, got 0"),
+    (("--interpolation.digits", "[3,3]"), "Interpolation.digits must be two different digits"),
+    (("--experiments", "[reconstructions]", "--reconstructions.indices", "[100000]"),
+     "reconstructions.indices=100000 is outside the test set"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "expected"), EXPERIMENTS_BAD_INPUT, ids=[c[1][:30] for c in EXPERIMENTS_BAD_INPUT])
+def test_the_experiments_command_explains_the_same_way(run_cli, tiny_config, bad_files, capsys, args, expected):
     from vae_lightning.experiments.command import main as experiments_main
 
     run_cli("fit", *TWO, "--config", tiny_config, *SHORT)
-    checkpoint = next(tmp_path.glob("logs/two_latent/version_0/checkpoints/last.ckpt"))
+    checkpoint = next(bad_files.glob("logs/two_latent/version_0/checkpoints/last.ckpt"))
     with pytest.raises(SystemExit) as refused:
-        experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "out"),
-                          "--device", "cuda", "--experiments", "[prior_samples]"])  # fmt: skip
+        experiments_main(["--ckpt_path", str(checkpoint), "--output_dir", str(bad_files / "out"),
+                          *[a.replace("{tmp}", str(bad_files)) for a in args]])  # fmt: skip
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "Traceback" not in err
-    assert err.startswith("vae-lightning-experiments: error: --device cuda: this machine has no usable CUDA GPU")
+    assert err.startswith(f"vae-lightning-experiments: error: {expected.replace('{tmp}', str(bad_files))}")

@@ -121,13 +121,25 @@ SETTING_FIELDS = {"Trainer": "trainer.{}", "ModelCheckpoint": "checkpoint.{}", "
 
 
 def _lightning_setting(message: str) -> str:
-    """The config field a Lightning message names as `Class(argument=...)`, else a pointer to the trainer."""
+    """The config field a Lightning message names: as `Class(argument=...)`, or a Trainer argument named in
+    words ("... for limit_train_batches"); else a pointer to the trainer's settings."""
     found = re.search(r"`?(\w+)\((\w+)=", message)
     if found and found.group(1) in SETTING_FIELDS:
         return SETTING_FIELDS[found.group(1)].format(found.group(2))
     if found:
         return f"{found.group(1)}.{found.group(2)} (under trainer.callbacks)"
-    return "a trainer setting"
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    arguments = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    named = [word for word in re.findall(r"\w+", message) if word in arguments]
+    return f"trainer.{named[0]}" if named else "a trainer setting"
+
+
+def _is_lightning_setting_error(err: BaseException) -> bool:
+    """Lightning's MisconfigurationException (a setting it cannot use), or a ValueError about `Trainer(...)`."""
+    return type(err).__name__ == MISCONFIGURATION or (isinstance(err, ValueError) and str(err).startswith("`Trainer("))
 
 
 def explain(err: BaseException) -> str | None:
@@ -147,7 +159,7 @@ def explain(err: BaseException) -> str | None:
             if isinstance(link, known.kinds) and re.search(known.pattern, str(link)):
                 return f"{known.field}: {first_line}. Fix: {known.fix}."
     for link in chain:
-        if type(link).__name__ == MISCONFIGURATION:
+        if _is_lightning_setting_error(link):
             first_line = (str(link).strip().splitlines() or [""])[0].rstrip(".!")
             return f"{_lightning_setting(first_line)}: {first_line}. Fix: change that setting (see --help)."
     return None

@@ -61,7 +61,8 @@ def check_writable(path: str | os.PathLike, field: str) -> Path:
     path = Path(path)
     existing = first_existing(path)
     if not existing.is_dir():
-        raise ConfigError(f"{field}: {str(existing)!r} is a file, so {str(path)!r} cannot be a folder: choose another.")
+        inside = "" if existing == Path(os.path.abspath(path)) else f", so {str(path)!r} cannot be a folder"
+        raise ConfigError(f"{field}: {str(existing)!r} is a file, not a folder{inside}: choose another.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass

@@ -192,7 +192,9 @@ class Reconstructions(Experiment):
 
     def __init__(self, indices: Sequence[int] | None = None, measured: int = 1000, every_n_epochs: int = 1):
         super().__init__(every_n_epochs)
-        self.indices, self.measured = indices, measured
+        for index in indices or ():
+            check_int("reconstructions.indices", index, minimum=0)
+        self.indices, self.measured = indices, check_int("reconstructions.measured", measured)
 
     def run(self, model, data: ExperimentData) -> Outcome:
         shown = (
@@ -200,7 +202,7 @@ class Reconstructions(Experiment):
             if self.indices
             else [data.first_of_digit(d) for d in range(10) if (data.labels == d).any()]
         )
-        originals = data.images[[_check_index("indices", i, data) for i in shown]]
+        originals = data.images[[_check_index("reconstructions.indices", i, data) for i in shown]]
         figure = render.image_rows(
             torch.stack([originals, compute.reconstruct(model, originals)]),
             "test images (top) and reconstructions decode(mu) (bottom)",
@@ -251,10 +253,11 @@ class EpsilonSweep(Experiment):
         super().__init__(every_n_epochs)
         if not eps_step > 0 or eps_stop < eps_start:
             raise ConfigError("EpsilonSweep needs eps_step > 0 and eps_stop >= eps_start.")
+        check_int("epsilon_sweep.image_index", image_index, minimum=0)
         self.image_index, self.eps = image_index, torch.arange(eps_start, eps_stop + eps_step / 2, eps_step)
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        image = data.images[_check_index("image_index", self.image_index, data)]
+        image = data.images[_check_index("epsilon_sweep.image_index", self.image_index, data)]
         decodings = compute.epsilon_sweep(model, image, self.eps)  # (S, 1, 28, 28)
         spread = measures.sweep_spread(decodings)
         figure = render.image_rows(
@@ -307,6 +310,10 @@ class LatentTraversal(Experiment):
         every_n_epochs: int = 1,
     ):
         super().__init__(every_n_epochs)
+        check_int("latent_traversal.image_index", image_index, minimum=0)
+        for dim in dims or ():
+            check_int("latent_traversal.dims", dim, minimum=0)
+        check_int("latent_traversal.steps", steps)
         self.image_index, self.dims, self.values = image_index, dims, torch.linspace(low, high, steps)
 
     def skip_reason(self, model) -> str | None:
@@ -316,7 +323,7 @@ class LatentTraversal(Experiment):
 
     def run(self, model, data: ExperimentData) -> Outcome:
         dims = list(self.dims) if self.dims else list(range(model.latent_dim))
-        image = data.images[_check_index("image_index", self.image_index, data)]
+        image = data.images[_check_index("latent_traversal.image_index", self.image_index, data)]
         rows = compute.latent_traversal(model, image, dims, self.values)  # (D, S, 1, 28, 28)
         reconstruction = compute.reconstruct(model, image.unsqueeze(0))
         figure = render.image_rows(
@@ -359,8 +366,9 @@ class Interpolation(Experiment):
 
     def __init__(self, digits: tuple[int, int] = (4, 9), steps: int = 20, seed: int = 0, every_n_epochs: int = 1):
         super().__init__(every_n_epochs)
-        if len(digits) != 2 or digits[0] == digits[1]:
+        if len(digits) != 2 or digits[0] == digits[1] or not all(d in range(10) for d in digits):
             raise ConfigError(f"Interpolation.digits must be two different digits, got {digits!r}.")
+        check_int("interpolation.steps", steps, minimum=2)
         self.digits, self.steps, self.seed = tuple(digits), steps, seed
 
     def run(self, model, data: ExperimentData) -> Outcome:
@@ -415,6 +423,9 @@ class LatentManifold(Experiment):
         super().__init__(every_n_epochs)
         if not 0 < low < high < 1:
             raise ConfigError(f"LatentManifold needs 0 < low < high < 1, got {low}, {high}.")
+        check_int("latent_manifold.grid", grid)
+        for dim in dims:
+            check_int("latent_manifold.dims", dim, minimum=0)
         self.dims, self.values = tuple(dims), compute.normal_quantiles(grid, low, high)
 
     def skip_reason(self, model) -> str | None:
@@ -462,6 +473,10 @@ class LatentScatter(Experiment):
 
     def __init__(self, max_points: int | None = None, knn_k: int = 5, grid: int = 15, every_n_epochs: int = 1):
         super().__init__(every_n_epochs)
+        if max_points is not None:
+            check_int("latent_scatter.max_points", max_points, minimum=2)
+        check_int("latent_scatter.knn_k", knn_k)
+        check_int("latent_scatter.grid", grid)
         self.max_points, self.knn_k, self.grid = max_points, knn_k, grid
 
     def skip_reason(self, model) -> str | None:
