@@ -46,6 +46,8 @@ BAD_INPUT = [
     ("fit", ("--seed_everything", "-1"), "seed_everything: -1 is not in bounds"),
     ("fit", ("--trainer.limit_train_batches", "-1"), "trainer.limit_train_batches: You have passed invalid value"),
     ("fit", ("--trainer.barebones", "true"), "trainer.barebones: `Trainer(barebones=True"),
+    ("fit", ("--config", CONFIGS / "logger" / "wandb.yaml", "--trainer.logger.init_args.offline", "true",
+             "--trainer.logger.init_args.save_dir", "/sys/vae-w"), "trainer.logger: '/sys/vae-w/"),
 ]  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from vae_lightning.module import METRICS, RUN_SETTINGS, VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.predict import LatentWriter
 from vae_lightning.runs import (
+    check_writable,
     highest_missing,
     logger_root,
     planned_run_dir,
@@ -263,6 +264,8 @@ class VAECLI(LightningCLI):
         outputs = []  # (field, folder, files that would be replaced)
         if trainer.loggers and run is not None:
             outputs.append(("trainer.logger", run, "*"))
+        elif trainer.loggers:  # the logger names its run's folder only once it starts (W&B): a new one each run
+            check_writable(logger_root(trainer), "trainer.logger")
         if self.subcommand == "fit":
             for callback in trainer.callbacks:
                 if type(callback) in (ModelCheckpoint, LastCheckpoint):
