@@ -236,8 +236,8 @@ class VAECLI(LightningCLI):
             check_same_data(config["ckpt_path"], self.datamodule.hparams)
         if self.subcommand == "fit":
             self._check_monitors()
-        if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:  # the other processes start later, under
-            # this one's launcher; fast_dev_run writes no logs or checkpoints
+        # Rank 0 alone: the other processes start later, under its launcher. fast_dev_run writes no files.
+        if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:
             self._check_outputs(config)
 
     def _check_monitors(self) -> None:
