@@ -13,7 +13,7 @@ from torch import nn
 
 from vae_lightning import MLPDecoder, MLPEncoder, VAELitModule
 from vae_lightning.errors import ConfigError
-from vae_lightning.objectives import bernoulli_nll, gaussian_kl
+from vae_lightning.objectives import bernoulli_nll, gaussian_kl, vae_terms
 
 
 class FixedPosterior(nn.Module):
@@ -134,3 +134,58 @@ def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, 
     test = run_cli("test", "--config", CONFIGS / "paper" / config, "--config", tiny_config, "--ckpt_path", last)
     metrics = test.trainer.callback_metrics
     assert metrics["test/nll"] < metrics["test/nelbo"]
+
+
+# ------------------------------------------------------------------------------------------- DReG
+def gradient_draws(estimator: str, k: int, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-draw gradients of the iwae loss of a small fixed model on 4 fixed images, each draw its own
+    eps (the same eps sequence for either estimator): (encoder (draws, P_enc), decoder (draws, P_dec))."""
+    torch.manual_seed(0)
+    encoder, decoder = MLPEncoder(2, [16]), MLPDecoder(2, [16])
+    x = torch.bernoulli(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    noise = torch.Generator().manual_seed(2)
+    rows = ([], [])
+    for _ in range(draws):
+        mu, logvar = encoder(x)
+        eps = torch.randn(k, 4, 2, generator=noise)
+        loss = vae_terms(x, mu, logvar, eps, decoder, "iwae", gradient_estimator=estimator).loss.sum()
+        for row, net in zip(rows, (encoder, decoder)):
+            row.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.parameters(), retain_graph=True)]))
+    return torch.stack(rows[0]), torch.stack(rows[1])
+
+
+def snr(gradients: torch.Tensor) -> float:
+    """The mean over parameters of |E g| / std g (Rainforth et al. 2018), over draws (rows)."""
+    return (gradients.mean(0).abs() / gradients.std(0).clamp_min(1e-12)).mean().item()
+
+
+def test_dreg_keeps_the_value_and_the_decoder_gradient_and_the_expected_encoder_gradient():
+    k, draws = 10, 600
+    standard_encoder, standard_decoder = gradient_draws("standard", k, draws)
+    dreg_encoder, dreg_decoder = gradient_draws("dreg", k, draws)
+    assert torch.allclose(standard_decoder, dreg_decoder, rtol=1e-4, atol=1e-3)  # draw by draw, to float32 sums
+    # the encoder's: the same expectation (the two means differ by no more than their Monte-Carlo error)
+    difference = standard_encoder - dreg_encoder  # (draws, P): the same eps in both, so the error is paired
+    z = difference.mean(0) / (difference.std(0) / draws**0.5).clamp_min(1e-12)
+    assert (z.abs() < 4).float().mean() > 0.99 and z.abs().mean() < 1.2
+    assert not torch.allclose(standard_encoder, dreg_encoder)  # and yet another estimator, draw by draw
+
+
+def test_the_encoder_gradient_snr_falls_with_k_under_the_standard_estimator_not_under_dreg():
+    draws = 300
+    standard = {k: snr(gradient_draws("standard", k, draws)[0]) for k in (1, 100)}
+    dreg = {k: snr(gradient_draws("dreg", k, draws)[0]) for k in (1, 100)}
+    assert standard[100] < 0.7 * standard[1]  # Rainforth et al.: O(1 / sqrt(k))
+    assert dreg[100] > standard[100] and dreg[100] >= 0.9 * dreg[1]
+
+
+def test_dreg_needs_the_iwae_objective():
+    with pytest.raises(ConfigError, match="model.gradient_estimator: dreg"):
+        VAELitModule(MLPEncoder(2, [8]), MLPDecoder(2, [8]), latent_dim=2, gradient_estimator="dreg")
+
+
+def test_dreg_trains_through_the_cli(run_cli, tiny_config):
+    cli = run_cli("fit", *configs(CONFIGS / "paper" / "iwae_k50.yaml", tiny_config), "--model.gradient_estimator",
+                  "dreg", "--model.train_samples", "5", "--trainer.fast_dev_run", "2")  # fmt: skip
+    assert cli.model.gradient_estimator == "dreg" and cli.trainer.state.finished
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())

@@ -55,6 +55,9 @@ class VAELitModule(LightningModule):
             averaged over `train_samples` draws of z. `iwae`: minus the importance-weighted bound of
             Burda et al. (2015) with k = `train_samples` draws (weights must be 1).
         train_samples: draws of z per training image (k).
+        gradient_estimator: how `iwae` training estimates its gradient: `standard` (the bound's own) or
+            `dreg` (doubly reparameterized, Tucker et al. 2018: the same expected gradient, with an encoder
+            gradient whose signal-to-noise ratio does not fall as k grows).
         optimizer: optimizer class and arguments.
         lr_scheduler: optional learning-rate scheduler (`val/nelbo` monitored for ReduceLROnPlateau).
         lr_scheduler_interval: step the scheduler every `epoch` or `step`.
@@ -80,6 +83,7 @@ class VAELitModule(LightningModule):
         kl_weight: float = 1.0,
         objective: Literal["elbo", "iwae"] = "elbo",
         train_samples: int = 1,
+        gradient_estimator: Literal["standard", "dreg"] = "standard",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -92,7 +96,9 @@ class VAELitModule(LightningModule):
     ) -> None:
         super().__init__()
         self.latent_dim = check_int("model.latent_dim", latent_dim)
-        self.objective, self.recon_weight, self.kl_weight = check_objective(objective, recon_weight, kl_weight)
+        self.objective, self.recon_weight, self.kl_weight, self.gradient_estimator = check_objective(
+            objective, recon_weight, kl_weight, gradient_estimator
+        )
         self.train_samples = check_int("model.train_samples", train_samples)
         self.lr_scheduler_interval = check_choice(
             "model.lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step")
@@ -139,7 +145,9 @@ class VAELitModule(LightningModule):
         if eps is None:
             eps = torch.randn(self.train_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
         objective = objective or self.objective
-        return objectives.vae_terms(x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight)
+        return objectives.vae_terms(
+            x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight, self.gradient_estimator
+        )
 
     def test_nll(self, x: Tensor, index: Tensor) -> Tensor:
         """`test/nll` per image (B,), its `nll_samples` samples seeded by `eval_seed` and each image's index."""

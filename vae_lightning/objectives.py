@@ -21,13 +21,23 @@ from torch import Tensor
 from vae_lightning.errors import ConfigError, check_choice, check_number
 
 Objective = Literal["elbo", "iwae"]
+Estimator = Literal["standard", "dreg"]
 Decoder = Callable[[Tensor], Tensor]  # z (N, L) -> logits (N, 1, 28, 28)
 _IMAGE_DIMS = (-3, -2, -1)
 
 
-def check_objective(objective: str, recon_weight: float, kl_weight: float) -> tuple[Objective, float, float]:
-    """The objective and its weights as `vae_terms` takes them, or a ConfigError naming the field and the fix."""
+def check_objective(
+    objective: str, recon_weight: float, kl_weight: float, gradient_estimator: str = "standard"
+) -> tuple[Objective, float, float, Estimator]:
+    """The objective, its weights and its gradient estimator as `vae_terms` takes them, or a ConfigError naming
+    the field and the fix."""
     check_choice("model.objective", objective, ("elbo", "iwae"))
+    check_choice("model.gradient_estimator", gradient_estimator, ("standard", "dreg"))
+    if gradient_estimator == "dreg" and objective != "iwae":
+        raise ConfigError(
+            "model.gradient_estimator: dreg (doubly reparameterized) is an estimator of the iwae objective's "
+            "gradient: set model.objective: iwae, or gradient_estimator: standard."
+        )
     recon_weight, kl_weight = (
         check_number("model.recon_weight", recon_weight),
         check_number("model.kl_weight", kl_weight),
@@ -43,7 +53,7 @@ def check_objective(objective: str, recon_weight: float, kl_weight: float) -> tu
             f"model.recon_weight={recon_weight:g} and model.kl_weight={kl_weight:g}: set both to 1, "
             "or use objective: elbo."
         )
-    return objective, recon_weight, kl_weight
+    return objective, recon_weight, kl_weight, gradient_estimator
 
 
 class Terms(NamedTuple):
@@ -99,6 +109,23 @@ def importance_weighted_bound(log_w: Tensor) -> Tensor:
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
+def doubly_reparameterized_bound(log_w: Tensor, z: Tensor) -> Tensor:
+    """The importance-weighted bound (B,) of log weights (K, B), with the doubly reparameterized gradient
+    (DReG; Tucker, Lawson, Gu, Maddison 2018).
+
+    `log_w` must come from z_k = mu + eps_k * sigma with log q(z_k | x) evaluated at *detached* mu and
+    sigma, so the encoder is reached only through z. With normalised weights w~_k (constants), the
+    decoder's gradient is the IWAE one, sum_k w~_k d log w_k; the encoder's is sum_k w~_k^2
+    d log w_k / d z_k dz_k: the decoder's path scaled once more by w~_k on its way back through z.
+    The returned value is the bound itself.
+    """
+    weights = torch.softmax(log_w.detach(), dim=0)  # (K, B), w~_k
+    if z.requires_grad:
+        z.register_hook(lambda grad: grad * weights.unsqueeze(-1))  # (K, B, L): w~_k -> w~_k^2 for the encoder
+    surrogate = (weights * log_w).sum(0)  # (B,), its gradient sum_k w~_k d log w_k
+    return importance_weighted_bound(log_w).detach() + surrogate - surrogate.detach()
+
+
 def vae_terms(
     x: Tensor,
     mu: Tensor,
@@ -108,6 +135,7 @@ def vae_terms(
     objective: Objective = "elbo",
     recon_weight: float = 1.0,
     kl_weight: float = 1.0,
+    gradient_estimator: Estimator = "standard",
 ) -> Terms:
     """The loss and its parts per image for K draws of z.
 
@@ -120,10 +148,16 @@ def vae_terms(
             the KL in closed form. `iwae`: minus the importance-weighted bound over the K draws
             (Burda et al. 2015), which has no separate terms to weight.
         recon_weight, kl_weight: the weights of the `elbo` objective.
+        gradient_estimator: for `iwae`, `standard` (the bound's own gradient) or `dreg`
+            (`doubly_reparameterized_bound`: the same expected gradient, a less noisy encoder gradient).
     """
     z, log_px_z = decode_draws(x, mu, logvar, eps, decoder)  # (K, B, L), (K, B)
     recon, kl = -log_px_z.mean(0), gaussian_kl(mu, logvar)  # (B,) each
-    if objective == "iwae":
+    if objective == "iwae" and gradient_estimator == "dreg":
+        mu_, logvar_ = mu.detach(), logvar.detach()
+        eps_ = (z - mu_) * torch.exp(-0.5 * logvar_)  # the same eps, as a function of z alone
+        loss = -doubly_reparameterized_bound(log_px_z + log_prior_over_posterior(eps_, z, logvar_), z)
+    elif objective == "iwae":
         loss = -importance_weighted_bound(log_px_z + log_prior_over_posterior(eps, z, logvar))
     else:
         loss = recon_weight * recon + kl_weight * kl
