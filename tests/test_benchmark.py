@@ -63,3 +63,43 @@ def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_m
         assert 100 < arm["final_train_loss"][0] < 550  # nats per image
     nll = result["test_nll"]
     assert nll["k"] == 4 and nll["images"] == 8 * 1000 and nll["seconds"] > 0 and nll["peak_memory_mb"] > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_step_on_the_cpu_with_tiny_sizes(real_mnist, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gpu_runs.py"), "--dry-run", "--data-dir", str(real_mnist),
+         "--out", str(tmp_path / "gpu")],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu" / "gpu_runs.json").read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == record
+    assert record["device"] == "cpu (dry run)" and record["machine"]
+    for step in ("iwae_k50_dreg", "vanilla"):
+        assert record[step]["epochs"] == 1 and record[step]["test"]["test/nll"] > 0 and record[step]["fit_seconds"] > 0
+    assert "--model.gradient_estimator" in record["iwae_k50_dreg"]["arguments"]
+    assert record["benchmark_b128"]["batch_size"] == 128 and record["benchmark_b1024"]["batch_size"] == 1024
+
+
+@pytest.mark.slow
+def test_the_nll_curve_tests_every_saved_checkpoint(run_cli, tiny_config, tmp_path):
+    every = (
+        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "every", '
+        '"every_n_epochs": 1, "save_top_k": -1, "filename": "epoch{epoch:04d}", "auto_insert_metric_name": false}}]'
+    )
+    started = subprocess.run(["date", "-Iseconds"], capture_output=True, text=True).stdout
+    run_cli("fit", "--config", REPO / "configs" / "two_latent.yaml", "--config", tiny_config,
+            "--trainer.max_epochs", "2", "--trainer.callbacks", every)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "nll_curve.py"), "--config", str(REPO / "configs" / "two_latent.yaml"),
+         str(tiny_config), "--checkpoints", "every", "--start", started, "--name", "tiny", "--out", "out",
+         "--workdir", "work", "--k", "4", "--k-final", "8"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "tiny_curve.json").read_text())
+    assert [p["epoch"] for p in record["points"]] == [1, 2]
+    assert "nll_k8" not in record["points"][0] and record["points"][1]["nll_k8"] > 0  # the last at k-final
+    assert all(p["nll_k4"] > 0 and p["wall_seconds"] >= 0 for p in record["points"])
+    assert (tmp_path / "out" / "tiny_curve.png").stat().st_size > 10_000
