@@ -67,8 +67,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 
 def claim_1(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = v["epsilon_sweep"]
+    e = m["vanilla"]["epsilon_sweep"]
     return Verdict(
         1,
         "z = mu + eps * sigma of one image, eps swept at regular intervals (the same eps in every "
@@ -85,8 +84,7 @@ def claim_1(m: dict[str, dict]) -> Verdict:
 
 
 def claim_2(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = v["latent_traversal"]
+    e = m["vanilla"]["latent_traversal"]
     return Verdict(
         2,
         "One latent dimension changed, the rest fixed: the samples stay close to the original.",
@@ -106,8 +104,7 @@ def claim_2(m: dict[str, dict]) -> Verdict:
 
 
 def claim_3(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = v["interpolation"]
+    e = m["vanilla"]["interpolation"]
     return Verdict(
         3,
         "One shared eps, z1 and z2 from two images' mu and sigma: the points between decode to blends.",
@@ -115,7 +112,7 @@ def claim_3(m: dict[str, dict]) -> Verdict:
         f"vanilla, a 4 to a 9 in 20 steps: ends judged 4 and 9: {bool(e['endpoints_match'])}; "
         f"digit changes along the line: {e['class_changes']:.0f} (first after step "
         f"{e['first_change']:.0f}); judged no clear digit: {e['unclear']:.0%}. (2 latents: ends "
-        f"judged 4 and 9: {bool(t['interpolation']['endpoints_match'])})",
+        f"judged 4 and 9: {bool(m['two_latent']['interpolation']['endpoints_match'])})",
         "the ends decode to the two digits and the judged digit changes in between",
         e["endpoints_match"] == 1 and e["class_changes"] >= 1,
         values={"endpoints_match": e["endpoints_match"], "class_changes": e["class_changes"], "unclear": e["unclear"]},
@@ -123,8 +120,7 @@ def claim_3(m: dict[str, dict]) -> Verdict:
 
 
 def claim_4(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = t["latent_manifold"]
+    e = m["two_latent"]["latent_manifold"]
     return Verdict(
         4,
         "2-latent model, z on a regular grid of standard-normal quantiles, decoded: transitions "
@@ -140,8 +136,7 @@ def claim_4(m: dict[str, dict]) -> Verdict:
 
 
 def claim_5(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = t["latent_scatter"]
+    e = m["two_latent"]["latent_scatter"]
     return Verdict(
         5,
         "2-latent model, test-set latents by digit: blobs close together, smooth transitions.",
@@ -158,8 +153,7 @@ def claim_5(m: dict[str, dict]) -> Verdict:
 
 
 def claim_6(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e, ref = nk["epsilon_sweep"], t["epsilon_sweep"]
+    e, ref = m["no_kld"]["epsilon_sweep"], m["two_latent"]["epsilon_sweep"]
     return Verdict(
         6,
         "Experiment 1 on the model without KL: the decodings are all the same (sigma collapses).",
@@ -178,8 +172,7 @@ def claim_6(m: dict[str, dict]) -> Verdict:
 
 
 def claim_7(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e, ref = nk["latent_scatter"], t["latent_scatter"]
+    e, ref = m["no_kld"]["latent_scatter"], m["two_latent"]["latent_scatter"]
     return Verdict(
         7,
         "Scatter of the model without KL: digit blobs separated by regions that decode to noise.",
@@ -203,8 +196,7 @@ def claim_7(m: dict[str, dict]) -> Verdict:
 
 
 def claim_8(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
-    e = nr["latent_scatter"]
+    e = m["no_recon"]["latent_scatter"]
     return Verdict(
         8,
         "Scatter of the model without reconstruction: digits mixed at random, all close together.",
@@ -220,7 +212,6 @@ def claim_8(m: dict[str, dict]) -> Verdict:
 
 
 def claim_9(m: dict[str, dict]) -> Verdict:
-    v, t, nk, nr = (m.get(run) for run in ("vanilla", "two_latent", "no_kld", "no_recon"))
     sizes = sorted(SWEEP)
     unclear = [m[SWEEP[size]]["prior_samples"]["unclear"] for size in sizes]
     active = [m[SWEEP[size]]["latent_scatter"]["active_units"] for size in sizes]
@@ -242,13 +233,24 @@ def claim_9(m: dict[str, dict]) -> Verdict:
 CLAIMS = (claim_1, claim_2, claim_3, claim_4, claim_5, claim_6, claim_7, claim_8, claim_9)
 
 
+class MissingRun(KeyError):
+    """A claim asked for a run that was not trained (`--runs`)."""
+
+
+class Runs(dict):
+    """`m[run]`, raising MissingRun for a run that is not there (a missing measure stays a KeyError: a bug)."""
+
+    def __missing__(self, run: str):
+        raise MissingRun(run)
+
+
 def decide(m: dict[str, dict]) -> list[Verdict]:
     """The claims whose runs are in `m[run][experiment][measure]`, each with its rule."""
     verdicts = []
     for claim in CLAIMS:
         try:
-            verdicts.append(claim(m))
-        except (KeyError, TypeError):  # a run it needs was not trained (m.get gave None)
+            verdicts.append(claim(Runs(m)))
+        except MissingRun:
             continue
     return verdicts
 

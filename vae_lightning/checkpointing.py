@@ -99,6 +99,12 @@ class LastCheckpoint(Callback):
             exception.saved_checkpoint = f"{self.path} (global step {trainer.global_step})"
 
 
+def peek(path: str | os.PathLike) -> Any:
+    """A checkpoint's contents, weights-only (tensors and plain data, never code) and memory-mapped (its
+    tensors are not read): for the checks and choices made before Lightning loads it."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False) -> Path:
     """Refuse a missing, truncated, corrupted or code-carrying checkpoint, or a file that is not a Lightning
     checkpoint (a bare state_dict, any other dict), before Lightning loads it; with `resume`, also one saved
@@ -118,8 +124,8 @@ def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", r
         raise ConfigError(
             f"{field} {str(path)!r} is corrupted (member {bad} fails its checksum); use another checkpoint."
         )
-    try:  # weights-only: tensors and plain data, never code; mmap: the tensors are not read here
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        checkpoint = peek(path)
     except Exception as err:
         raise ConfigError(
             f"{field} {str(path)!r} holds more than tensors and plain data, so it was not loaded (no code from a "
@@ -162,7 +168,7 @@ def provenance(path: str | os.PathLike | None) -> dict[str, str | None]:
 def check_same_data(path: str | os.PathLike, data_hparams: dict) -> None:
     """Refuse to resume the fit of `path` on other data than it saw: another validation split, seed or
     binarization would validate on images it trained on, or change what the numbers mean."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("datamodule_hyper_parameters")
+    saved = peek(path).get("datamodule_hyper_parameters")
     if not saved:
         return
     differences = [
@@ -192,7 +198,7 @@ def _plain(value: Any) -> Any:
 
 def model_differences(path: str | os.PathLike, model_config: Any) -> list[str]:
     """Where the model a checkpoint holds differs from the one `model_config` describes, one entry each."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+    saved = peek(path).get("hyper_parameters") or {}
     differences = []
     for key in ARCHITECTURE:
         if key not in saved or key not in model_config:
@@ -225,7 +231,7 @@ def find_checkpoint(root: Path, kind: str, runs: bool = True) -> Path | None:
 def _score(path: Path) -> float:
     """The monitored value a ModelCheckpoint recorded when it wrote `path`, signed so that lower is better."""
     try:
-        states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+        states = peek(path).get("callbacks", {})
     except Exception:  # unreadable: last choice (check_checkpoint_file names the problem if it is chosen)
         return math.inf
     for key, state in states.items():
@@ -345,7 +351,8 @@ def nonfinite_step(module: LightningModule, means: Tensor, names: Sequence[str],
     where = f"global step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx} of the epoch; {values})"
     if policy == "skip":
         rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")
-        skipped = module.skipped_steps = getattr(module, "skipped_steps", 0) + 1
+        module.skipped_steps += 1
+        skipped = module.skipped_steps
         batches = trainer.num_training_batches
         if skipped > SKIP_LIMIT * batches:
             raise NonFiniteLossError(

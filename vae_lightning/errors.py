@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 T = TypeVar("T")
 
 
@@ -115,8 +117,7 @@ def _chain(err: BaseException) -> list[BaseException]:
     return seen
 
 
-# Lightning's own "this setting cannot be used" error, and where the settings its messages name live in a config.
-MISCONFIGURATION = "MisconfigurationException"
+# Where the settings Lightning's messages name (as `Class(argument=...)`) live in a config.
 SETTING_FIELDS = {"Trainer": "trainer.{}", "ModelCheckpoint": "checkpoint.{}", "Timer": "trainer.max_time"}
 
 
@@ -139,7 +140,9 @@ def _lightning_setting(message: str) -> str:
 
 def _is_lightning_setting_error(err: BaseException) -> bool:
     """Lightning's MisconfigurationException (a setting it cannot use), or a ValueError about `Trainer(...)`."""
-    return type(err).__name__ == MISCONFIGURATION or (isinstance(err, ValueError) and str(err).startswith("`Trainer("))
+    return isinstance(err, MisconfigurationException) or (
+        isinstance(err, ValueError) and str(err).startswith("`Trainer(")
+    )
 
 
 def explain(err: BaseException) -> str | None:

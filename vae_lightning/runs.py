@@ -25,9 +25,7 @@ def planned_run_dir(trainer: Trainer) -> Path | None:
     if not trainer.loggers:
         return Path(trainer.default_root_dir)
     version = trainer.loggers[0].version
-    if version is None:
-        return None
-    return logger_root(trainer) / (version if isinstance(version, str) else f"version_{version}")
+    return None if version is None else _version_dir(trainer, version)
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -38,13 +36,13 @@ def run_dir(trainer: Trainer) -> Path:
     log dir is shared by every run, it is `<save_dir>/<project>/<run id>`. Rank 0's answer is
     broadcast: call on every rank.
     """
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-        path = logger_root(trainer) / version
-    else:
-        path = Path(trainer.default_root_dir)
+    path = _version_dir(trainer, trainer.loggers[0].version) if trainer.loggers else Path(trainer.default_root_dir)
     return Path(trainer.strategy.broadcast(str(path)))
+
+
+def _version_dir(trainer: Trainer, version: int | str | None) -> Path:
+    """`<save_dir>/<name>/<version>`: a string version as it is, a number as `version_N` (Lightning's naming)."""
+    return logger_root(trainer) / (version if isinstance(version, str) else f"version_{version}")
 
 
 def first_existing(path: Path) -> Path:
