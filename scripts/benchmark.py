@@ -21,8 +21,14 @@ peak): against the full-precision peak, and against the peak of the precision it
 Then `test/nll` (k importance samples on the 10,000 test images, in float32) is timed on (b)'s
 last checkpoint, with its peak memory. The last line printed is JSON with every number.
 
+`--paper-nll` times instead (d): `test/nll` of the IWAE paper's model (`configs/paper/vae_k1.yaml`,
+784-200-200-50, k = 5000, full float32) against the same GEMM roofline: its decoder's matrix-multiply
+FLOPs (k x 10,000 passes) / (the test's seconds x the float32 GEMM peak), both measured in this run,
+on `--nll-checkpoint` (default: the config's model after a short fit).
+
     python scripts/benchmark.py                     # CPU: a few minutes on 2 cores
     python scripts/benchmark.py --device cuda
+    python scripts/benchmark.py --paper-nll --nll-checkpoint RUN/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from lightning.pytorch import Callback
 
 PIXELS, EPOCH_IMAGES = 784, 60_000
 VANILLA_CONFIG = REPO / "configs" / "vanilla.yaml"
+PAPER_CONFIG = REPO / "configs" / "paper" / "vae_k1.yaml"
 
 
 # ---------------------------------------------------------------------------------------------- (c)
@@ -90,6 +97,13 @@ def train_flops_per_image(layers: list[tuple[int, int]]) -> int:
 
 # 784-400, 400-(20+20), 20-400, 400-784: the reference's layers, and the package's MLPEncoder/MLPDecoder.
 VANILLA_LAYERS = [(PIXELS, 400), (400, 40), (20, 400), (400, PIXELS)]
+# The paper model's decoder, 50-200-200-784: what test/nll runs k times per image.
+PAPER_DECODER_LAYERS = [(50, 200), (200, 200), (200, PIXELS)]
+
+
+def decode_flops(layers: list[tuple[int, int]]) -> int:
+    """Matrix-multiply FLOPs of one forward pass through a chain of Linear layers (2*in*out each)."""
+    return sum(2 * i * o for i, o in layers)
 
 
 # ---------------------------------------------------------------------------------------------- (b)
@@ -167,14 +181,14 @@ def current_rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
+def package_args(args, workdir: Path, subcommand: str = "fit", config: Path = VANILLA_CONFIG) -> list[str]:
     limits = []
     if args.limit_batches:
         limits = [f"--trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     return [
         subcommand,
         "--config",
-        str(VANILLA_CONFIG),
+        str(config),
         *limits,
         "--trainer.callbacks",
         json.dumps([{"class_path": "benchmark.Stopwatch"}]),
@@ -186,8 +200,7 @@ def package_args(args, workdir: Path, subcommand: str = "fit") -> list[str]:
         str(workdir),
         "--data.data_dir",
         str(args.data_dir),
-        "--data.batch_size",
-        str(args.batch_size),
+        *(("--data.batch_size", str(args.batch_size)) if config == VANILLA_CONFIG else ()),
     ]
 
 
@@ -228,6 +241,69 @@ def run_nll(args, workdir: Path, checkpoint: str) -> dict:
         "chunk_size": model.nll_chunk_size,
         "test_nll": float(done.trainer.callback_metrics["test/nll"]),
     }
+
+
+def run_paper_nll(args, workdir: Path, gemm: dict) -> dict:
+    """(d): `vae-lightning test` of the paper config at k = `--paper-nll-samples` on `--nll-checkpoint` (default:
+    the config's model after `--epochs` short epochs), against the float32 GEMM roofline `gemm`."""
+    from vae_lightning.cli import cli
+
+    checkpoint = args.nll_checkpoint
+    if checkpoint is None:
+        done = cli(
+            package_args(args, workdir, config=PAPER_CONFIG)
+            + ["--trainer.max_epochs", str(args.epochs), "--trainer.limit_train_batches", "50"]
+        )
+        checkpoint = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
+    done = cli(
+        package_args(args, workdir, "test", config=PAPER_CONFIG)
+        + ["--ckpt_path", str(checkpoint), "--model.nll_samples", str(args.paper_nll_samples)]
+    )
+    watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
+    model, metrics = done.trainer.lightning_module, done.trainer.callback_metrics
+    flops = decode_flops(PAPER_DECODER_LAYERS) * model.nll_samples * watch.test_images
+    roofline_s = flops / (gemm["gflops"] * 1e9)
+    return {
+        **watch.test,
+        "checkpoint": str(checkpoint),
+        "k": model.nll_samples,
+        "images": watch.test_images,
+        "chunk_size": model.nll_chunk_size,
+        "test_nll": float(metrics["test/nll"]),
+        "test_nll_mc_se": float(metrics["test/nll_mc_se"]),
+        "decoder_gflop": flops / 1e9,
+        "roofline_s": roofline_s,
+        "roofline_fraction": roofline_s / watch.test["seconds"],
+    }
+
+
+def paper_nll_main(args, device: torch.device) -> None:
+    """`--paper-nll`: the GEMM peak, then (d), in one process; prints a line and the JSON."""
+    gemm = gemm_peak(device, [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384])
+    print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        nll = run_paper_nll(args, Path(tmp), gemm)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "limit_batches": args.limit_batches,
+        "data": "test images binarized once (data seed), Bernoulli decoder, nats per image summed over pixels",
+        "gemm_peak_gflops": gemm["gflops"],
+        "paper_test_nll": nll,
+    }
+    print(
+        f"(d) test/nll of the paper model, k={nll['k']} on {nll['images']:,} images: {nll['seconds']:.1f} s; "
+        f"{nll['decoder_gflop']:.0f} GFLOP of decoder matmuls / {gemm['gflops']:.1f} GFLOP/s = "
+        f"{nll['roofline_s']:.1f} s: {nll['roofline_fraction']:.0%} of the float32 GEMM roofline; "
+        f"nll {nll['test_nll']:.3f} +- {nll['test_nll_mc_se']:.4f} (Monte-Carlo standard error)"
+    )
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(line + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- (a)
@@ -274,6 +350,9 @@ def main() -> None:
         help="leave out (b32), the package at train_matmul_precision highest",
     )
     parser.add_argument("--nll-samples", type=int, default=1000, help="k for the test/nll timing; 0 skips it")
+    parser.add_argument("--paper-nll", action="store_true", help="time (d), the paper model's test/nll, alone")
+    parser.add_argument("--paper-nll-samples", type=int, default=5000, help="k for (d)")
+    parser.add_argument("--nll-checkpoint", type=Path, default=None, help="the checkpoint (d) tests")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -300,6 +379,8 @@ def main() -> None:
     ensure_mnist(args.data_dir, field="--data-dir")
     device = torch.device(args.device)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
+    if args.paper_nll:
+        return paper_nll_main(args, device)
 
     precision = config_precision()
     arms = {"package": None}  # arm -> the train_matmul_precision it overrides the config's with

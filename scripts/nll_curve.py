@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=500, help="importance samples for every checkpoint")
     parser.add_argument("--k-final", type=int, default=5000, help="importance samples for --final-epochs")
     parser.add_argument("--final-epochs", type=int, nargs="*", default=[], help="epochs (1-based) also at k-final")
+    parser.add_argument("--published", type=float, default=None, help="a published test NLL, drawn as a line")
+    parser.add_argument("--published-label", default="published", help="its label, e.g. 'Burda et al. 2016'")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", type=Path, default=Path("logs/nll_curve"), help="the test runs' logs")
     args = parser.parse_args()
@@ -67,10 +69,17 @@ def main() -> None:
             seconds = run(arguments, logs / f"{name}.log")
             metrics = logged_metrics(latest_version(logs / name))
             point[f"nll_k{k}"], point[f"nll_k{k}_seconds"] = metrics["test/nll"], round(seconds, 1)
+            point[f"nll_k{k}_mc_se"] = metrics["test/nll_mc_se"]
             point["nelbo"] = metrics["test/nelbo"]
-            print(f"epoch {epoch}: test/nll (k={k}) {metrics['test/nll']:.2f}, nelbo {metrics['test/nelbo']:.2f}")
+            print(
+                f"epoch {epoch}: test/nll (k={k}) {metrics['test/nll']:.3f} +- {metrics['test/nll_mc_se']:.3f}, "
+                f"nelbo {metrics['test/nelbo']:.2f}",
+                flush=True,
+            )
         points.append(point)
     record = {"config": args.config, "machine": machine(), "k": args.k, "k_final": args.k_final, "points": points}
+    if args.published is not None:
+        record["published"] = {"nll": args.published, "label": args.published_label}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}_curve.json").write_text(json.dumps(record, indent=1) + "\n")
     draw(record, args.out / f"{args.name}_curve.png", args.name)
@@ -89,7 +98,11 @@ def draw(record: dict, path: Path, title: str) -> None:
             )
         axes.plot([p[x_key] / scale for p in record["points"]], [p["nelbo"] for p in record["points"]], "x:",
                   label="test nelbo")  # fmt: skip
-        axes.axhline(86.76, color="grey", linestyle="--", label="Burda et al. 2016: 86.76")
+        if "published" in record:
+            published = record["published"]
+            axes.axhline(
+                published["nll"], color="grey", linestyle="--", label=f"{published['label']}: {published['nll']}"
+            )
         axes.set_xlabel(label)
         axes.set_ylabel("nats per image")
         axes.legend(fontsize=8)

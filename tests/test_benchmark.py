@@ -94,12 +94,32 @@ def test_the_nll_curve_tests_every_saved_checkpoint(run_cli, tiny_config, tmp_pa
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "nll_curve.py"), "--config", str(REPO / "configs" / "two_latent.yaml"),
          str(tiny_config), "--checkpoints", "every", "--start", started, "--name", "tiny", "--out", "out",
-         "--workdir", "work", "--k", "4", "--k-final", "8"],
+         "--workdir", "work", "--k", "4", "--k-final", "8", "--published", "140.5", "--published-label", "a paper"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "tiny_curve.json").read_text())
     assert [p["epoch"] for p in record["points"]] == [1, 2]
     assert "nll_k8" not in record["points"][0] and record["points"][1]["nll_k8"] > 0  # the last at k-final
-    assert all(p["nll_k4"] > 0 and p["wall_seconds"] >= 0 for p in record["points"])
+    assert all(p["nll_k4"] > 0 and p["wall_seconds"] >= 0 and p["nll_k4_mc_se"] > 0 for p in record["points"])
+    assert record["published"] == {"nll": 140.5, "label": "a paper"}
     assert (tmp_path / "out" / "tiny_curve.png").stat().st_size > 10_000
+
+
+def test_the_paper_nll_timing_counts_the_decoder_flops_and_the_roofline_fraction(real_mnist, tmp_path):
+    out = tmp_path / "paper.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--paper-nll", "--data-dir", str(real_mnist),
+         "--epochs", "2", "--limit-batches", "2", "--paper-nll-samples", "8", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    nll = result["paper_test_nll"]
+    assert nll["k"] == 8 and nll["images"] == 2000  # two test batches of the config's 1,000 images
+    assert nll["decoder_gflop"] == pytest.approx(2 * (50 * 200 + 200 * 200 + 200 * 784) * 8 * 2000 / 1e9)
+    assert nll["roofline_fraction"] == pytest.approx(
+        nll["decoder_gflop"] / (nll["seconds"] * result["gemm_peak_gflops"])
+    )
+    assert 100 < nll["test_nll"] < 560 and 0 < nll["test_nll_mc_se"] < 5
+    assert "of the float32 GEMM roofline" in done.stdout

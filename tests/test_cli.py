@@ -131,7 +131,7 @@ def test_last_ckpt_holds_the_final_epoch_even_when_the_best_is_earlier(run_cli, 
     ("args", "expected"),
     [
         (["--data.batch_size", "0"], "data.batch_size must be a positive integer"),
-        (["--data.val_size", "-1"], "data.val_size must be a positive integer"),
+        (["--data.val_size", "-1"], "data.val_size must be an integer >= 0"),
         (["--model.latent_dim", "0"], "latent_dim must be a positive integer"),
         (["--model.kl_weight", "-0.5"], "model.kl_weight must be a finite number >= 0"),
         (["--model.recon_weight", "0", "--model.kl_weight", "0"], "recon_weight and model.kl_weight are both 0"),
@@ -145,6 +145,19 @@ def test_bad_input_is_refused_before_training_with_the_field_named(run_cli, caps
     err = cli_error(run_cli, capsys, "fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, *args)
     assert expected in err
     assert "Traceback" not in err
+
+
+def test_val_size_0_trains_on_every_image_without_validation(run_cli, tiny_config, tmp_path):
+    fit = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--data.val_size", "0",
+                  "--trainer.max_epochs", "2")  # fmt: skip
+    train_images = len(fit.datamodule.splits["train"][1])
+    assert train_images == 300 and len(fit.datamodule.splits["val"][1]) == 0  # the tiny set's every training image
+    assert fit.trainer.num_val_batches == [] or sum(fit.trainer.num_val_batches) == 0
+    metrics = fit.trainer.logged_metrics
+    assert "train/nelbo_epoch" in metrics and not any(name.startswith("val/") for name in metrics)
+    folder = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints"
+    assert [p.name for p in folder.glob("*.ckpt")] == ["last.ckpt"]  # no validation, no best checkpoint
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):

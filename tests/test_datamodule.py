@@ -155,7 +155,7 @@ def test_the_global_batch_size_must_divide_across_processes(tiny_mnist):
     ("field", "value", "match"),
     [
         ("batch_size", 0, "data.batch_size must be a positive integer"),
-        ("val_size", -5, "data.val_size must be a positive integer"),
+        ("val_size", -5, "data.val_size must be an integer >= 0"),
         ("eval_batch_size", 0, "data.eval_batch_size must be a positive integer"),
         ("binarize", "sometimes", "data.binarize must be"),
     ],

@@ -172,7 +172,7 @@ def test_a_two_process_fit_gathers_experiments_and_two_processes_test_and_predic
         latents[name] = torch.load(tmp_path / f"predict_{name}" / "latents_test.pt", weights_only=True)
     assert set(results["one"]) == {
         f"{stage}/{k}" for stage in ("val", "test") for k in ("loss", "recon", "kl", "nelbo")
-    } | {"test/nll"}
+    } | {"test/nll", "test/nll_mc_se"}
     for key, value in results["one"].items():
         assert results["two"][key] == pytest.approx(value, rel=1e-5), key
     assert torch.equal(latents["two"]["index"], torch.arange(100))  # every image once, in order

@@ -43,6 +43,13 @@ BAD_INPUT = [
     ("fit", ("--checkpoint.monitor", "val/nope"), "checkpoint.monitor: 'val/nope' is not a metric the model logs"),
     ("fit", ("--trainer.callbacks", '[{"class_path": "lightning.pytorch.callbacks.EarlyStopping", '
              '"init_args": {"monitor": "val/nope"}}]'), "EarlyStopping.monitor: 'val/nope' is not a metric"),
+    ("fit", ("--data.val_size", "0", "--trainer.callbacks",
+             '[{"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/nelbo"}}]'),
+     "EarlyStopping.monitor: 'val/nelbo' is never measured"),
+    ("predict", ("--data.val_size", "0", "--data.predict_split", "val"), "data.predict_split: val holds no images"),
+    ("fit", ("--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.OneCycleLR", '
+             '"init_args": {"max_lr": 0.003, "total_steps": 1}}', "--trainer.max_epochs", "2"),
+     "model.lr_scheduler: OneCycleLR has total_steps=1 but trainer.max_epochs takes 2 epochs"),
     ("fit", ("--seed_everything", "-1"), "seed_everything: -1 is not in bounds"),
     ("fit", ("--trainer.limit_train_batches", "-1"), "trainer.limit_train_batches: You have passed invalid value"),
     ("fit", ("--trainer.barebones", "true"), "trainer.barebones: `Trainer(barebones=True"),

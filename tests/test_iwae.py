@@ -111,7 +111,7 @@ def test_bad_objective_settings_are_refused(kwargs, match):
         VAELitModule(MLPEncoder(2, [16]), MLPDecoder(2, [16]), latent_dim=2, **kwargs)
 
 
-@pytest.mark.parametrize("config", ["vae_k1.yaml", "iwae_k50.yaml"])
+@pytest.mark.parametrize("config", ["vae_k1.yaml", "iwae_k5.yaml", "iwae_k50.yaml"])
 def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, tmp_path, config):
     fit = run_cli(
         "fit",
@@ -126,6 +126,7 @@ def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, 
         ("iwae", 50, 5) if "iwae" in config else ("elbo", 50, 1)
     )
     assert fit.datamodule.binarize == "dynamic"
+    assert model.gradient_estimator == ("dreg" if config == "iwae_k5.yaml" else "standard")
     assert type(model.encoder.body[1]).__name__ == "Tanh" and [m.out_features for m in model.encoder.body[::2]] == [
         200,
         200,

@@ -76,6 +76,11 @@ def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tm
     assert metrics["test/nelbo"] == pytest.approx(terms.nelbo.mean().item(), rel=1e-5)
     assert metrics["test/kl"] == pytest.approx(terms.kl.mean().item(), rel=1e-5)
     assert metrics["test/nll"] < metrics["test/nelbo"]
+    with torch.no_grad():
+        nll, variance = m.test_nll(images, index)
+    assert metrics["test/nll"] == pytest.approx(nll.mean().item(), rel=1e-5)
+    # the standard error of a mean of independent estimates: sqrt(sum of their variances) / n
+    assert metrics["test/nll_mc_se"] == pytest.approx(variance.sum().sqrt().item() / len(images), rel=1e-4)
 
 
 def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path):

