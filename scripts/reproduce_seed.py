@@ -261,10 +261,28 @@ def spread(values: list[float]) -> str:
     return f"{mean:.4g}" + (f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else "")
 
 
-def write_report(out: Path, by_seed: dict[int, list[Verdict]], summary: dict, workdir: Path) -> None:
+def beside_values(report: Path) -> tuple[str, dict[int, list[dict]]]:
+    """An earlier report's label ("its epochs, n seeds") and, by claim number, its verdicts over its seeds
+    (`--beside`: each claim's numbers shown next to that report's)."""
+    record = json.loads((report / "verdicts.json").read_text())
+    epochs = record["epochs"] or "configs' epochs"
+    seeds = record["verdicts"]
+    claims: dict[int, list[dict]] = {}
+    for verdicts in seeds.values():
+        for verdict in verdicts:
+            claims.setdefault(verdict["number"], []).append(verdict)
+    label = f"{report.name} ({epochs}{' epochs' if record['epochs'] else ''}, {len(seeds)} seeds)"
+    return label, claims
+
+
+def write_report(
+    out: Path, by_seed: dict[int, list[Verdict]], summary: dict, workdir: Path, beside: Path | None = None
+) -> None:
     """README.md (each claim: how many seeds it holds in, the first seed's figures and numbers, every number of
-    its rule by seed with mean ± sd), verdicts.json and every measures.json, under `out`."""
+    its rule by seed with mean ± sd, and the same numbers of the report `beside` when given), verdicts.json and
+    every measures.json, under `out`."""
     figures, seeds = out / "figures", sorted(by_seed)
+    other_label, other_claims = beside_values(beside) if beside else ("", {})
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
@@ -317,12 +335,18 @@ def write_report(out: Path, by_seed: dict[int, list[Verdict]], summary: dict, wo
             shutil.copy(workdir / f"seed{seeds[0]}" / run_name / "experiments" / f"{experiment}.png", figures / name)
             lines += [f"![{run_name}: {experiment} (seed {seeds[0]})](figures/{name})", ""]
         lines += [f"**Measured (seed {seeds[0]}).** {first.numbers}.", "", f"**Rule.** {first.rule}.", ""]
-        lines += ["| number | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean ± sd |"]
-        lines += ["| --- " * (len(seeds) + 2) + "|"]
+        other = other_claims.get(number, [])
+        lines += ["| number | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean ± sd |"
+                  + (f" {other_label}: mean ± sd |" if other else "")]  # fmt: skip
+        lines += ["| --- " * (len(seeds) + 2 + bool(other)) + "|"]
         for key in first.values:
             values = [v.values[key] for v in verdicts]
-            lines.append(f"| {key} | " + " | ".join(f"{x:.4g}" for x in values) + f" | {spread(values)} |")
-        lines.append("| rule met | " + " | ".join("yes" if v.holds else "no" for v in verdicts) + f" | {held} |")
+            earlier = f" {spread([v['values'][key] for v in other])} |" if other else ""
+            lines.append(f"| {key} | " + " | ".join(f"{x:.4g}" for x in values) + f" | {spread(values)} |" + earlier)
+        lines.append(
+            "| rule met | " + " | ".join("yes" if v.holds else "no" for v in verdicts) + f" | {held} |"
+            + (f" {sum(v['holds'] for v in other)} of {len(other)} |" if other else "")
+        )  # fmt: skip
     (out / "measures").mkdir(exist_ok=True)
     for seed in seeds:
         for name in summary["runs"]:
@@ -365,6 +389,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
                         help="models to train; a claim that needs another is left out")  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="reuse checkpoints already in --workdir")
+    parser.add_argument(
+        "--beside", type=Path, default=None, help="an earlier report folder: its numbers next to these, claim by claim"
+    )
     args = parser.parse_args()
     arguments = " ".join(sys.argv[1:])
     start = time.perf_counter()
@@ -387,7 +414,7 @@ def main() -> None:
         "classifier": classifier,
         "runs": runs,
     }
-    write_report(args.output, by_seed, summary, args.workdir)
+    write_report(args.output, by_seed, summary, args.workdir, args.beside)
     print(f"report: {args.output / 'README.md'} ({summary['minutes']:.1f} min)")
 
 
