@@ -277,10 +277,37 @@ def run_paper_nll(args, workdir: Path, gemm: dict) -> dict:
     }
 
 
+def softplus_ns(device: torch.device, repeats: int = 50) -> dict:
+    """Nanoseconds per element of sum_d softplus(l_d) over a (1024, 784) chunk of logits (one evaluation chunk):
+    torch's softplus kernel against `objectives.softplus_sum`, the median of `repeats` calls each."""
+    from vae_lightning.objectives import softplus_sum
+
+    logits = torch.randn(1024, PIXELS, device=device) * 4
+    result = {}
+    for name, function in (("torch_softplus", lambda: torch.nn.functional.softplus(logits).sum(-1)),
+                           ("softplus_sum", lambda: softplus_sum(logits))):  # fmt: skip
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 1):
+                sync(device)
+                start = time.perf_counter()
+                function()
+                sync(device)
+                times.append(time.perf_counter() - start)
+        result[f"{name}_ns_per_element"] = statistics.median(times[1:]) / logits.numel() * 1e9
+    return result
+
+
 def paper_nll_main(args, device: torch.device) -> None:
     """`--paper-nll`: the GEMM peak, then (d), in one process; prints a line and the JSON."""
     gemm = gemm_peak(device, [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384])
     print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
+    softplus = softplus_ns(device)
+    print(
+        f"softplus summed over a (1024, 784) chunk: torch's kernel {softplus['torch_softplus_ns_per_element']:.2f}, "
+        f"objectives.softplus_sum {softplus['softplus_sum_ns_per_element']:.2f} ns per element",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         nll = run_paper_nll(args, Path(tmp), gemm)
     result = {
@@ -291,6 +318,7 @@ def paper_nll_main(args, device: torch.device) -> None:
         "limit_batches": args.limit_batches,
         "data": "test images binarized once (data seed), Bernoulli decoder, nats per image summed over pixels",
         "gemm_peak_gflops": gemm["gflops"],
+        "softplus": softplus,
         "paper_test_nll": nll,
     }
     print(

@@ -123,3 +123,4 @@ def test_the_paper_nll_timing_counts_the_decoder_flops_and_the_roofline_fraction
     )
     assert 100 < nll["test_nll"] < 560 and 0 < nll["test_nll_mc_se"] < 5
     assert "of the float32 GEMM roofline" in done.stdout
+    assert all(v > 0 for v in result["softplus"].values())
