@@ -420,7 +420,12 @@ def interrupted(interrupt: KeyboardInterrupt) -> None:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of `vae-lightning` and `python -m vae_lightning` (every DDP rank runs it): the run,
-    then the process group released, whatever the run's end."""
+    then the process group released, whatever the run's end. `explore` is its own command (no Trainer)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["explore"]:
+        from vae_lightning.explore import main as explore_main
+
+        return explore_main(argv[1:])
     try:
         cli(args)
     finally:
