@@ -85,7 +85,9 @@ def main() -> None:
     draw(record, args.out / f"{args.name}_curve.png", args.name)
 
 
-def draw(record: dict, path: Path, title: str) -> None:
+def draw(record: dict, path: Path, title: str, beside: dict[str, dict] | None = None) -> None:
+    """The figure: test NLL (k and k-final) and nelbo against epochs and against wall-clock; `beside` adds
+    other runs' k-point curves (label -> record, as this script writes them) in grey, for comparison."""
     from vae_lightning.experiments.figures import new_figure, write_png
 
     figure = new_figure(10, 4)
@@ -98,6 +100,10 @@ def draw(record: dict, path: Path, title: str) -> None:
             )
         axes.plot([p[x_key] / scale for p in record["points"]], [p["nelbo"] for p in record["points"]], "x:",
                   label="test nelbo")  # fmt: skip
+        for (name, other), shade in zip((beside or {}).items(), ("0.45", "0.7")):
+            key = f"nll_k{other['k']}"
+            axes.plot([p[x_key] / scale for p in other["points"]], [p[key] for p in other["points"]], ".--",
+                      color=shade, label=f"{name}: test NLL, k = {other['k']}")  # fmt: skip
         if "published" in record:
             published = record["published"]
             axes.axhline(

@@ -275,6 +275,15 @@ def beside_values(report: Path) -> tuple[str, dict[int, list[dict]]]:
     return label, claims
 
 
+def further_reports(out: Path) -> list[str]:
+    """A line linking the reports kept in sub-folders of `out` (e.g. `epochs100/`, longer training), if any."""
+    found = sorted(folder.name for folder in out.glob("*/") if (folder / "verdicts.json").is_file())
+    if not found:
+        return []
+    return ["**Other reports beside this one:** " + ", ".join(f"[{name}]({name}/README.md)" for name in found)
+            + " (`--output` of `reproduce_seed.py`; the same claims and rules).", ""]  # fmt: skip
+
+
 def write_report(
     out: Path, by_seed: dict[int, list[Verdict]], summary: dict, workdir: Path, beside: Path | None = None
 ) -> None:
@@ -306,6 +315,7 @@ def write_report(
         f"**Verdicts: {everywhere} of {len(claims)} claims hold in all {len(seeds)} seeds, {somewhere} in at least "
         "one** (by the rules below; each claim says in how many).",
         "",
+        *further_reports(out),
         "**Rules changed after a first run** (on 2026-11-24; both reported here so nothing is hidden): "
         "claim 7 first compared "
         "the share of the *whole* latent box that decodes to no clear digit (no_kld 21%, two_latent 16%; the rule "

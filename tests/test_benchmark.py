@@ -124,3 +124,21 @@ def test_the_paper_nll_timing_counts_the_decoder_flops_and_the_roofline_fraction
     assert 100 < nll["test_nll"] < 560 and 0 < nll["test_nll_mc_se"] < 5
     assert "of the float32 GEMM roofline" in done.stdout
     assert all(v > 0 for v in result["softplus"].values())
+
+
+def test_the_curve_figure_is_drawn_again_with_another_run_beside(tmp_path):
+    points = [{"epoch": e, "wall_seconds": 10.0 * e, "nll_k4": 100.0 - e, "nelbo": 105.0 - e} for e in (1, 2, 3)]
+    record = {"machine": "here", "k": 4, "k_final": 8, "points": points, "published": {"nll": 96.0, "label": "a"}}
+    other = {**record, "points": [{**p, "nll_k4": p["nll_k4"] + 2} for p in points]}
+    (tmp_path / "run_curve.json").write_text(json.dumps(record))
+    (tmp_path / "other_curve.json").write_text(json.dumps(other))
+    script = [sys.executable, str(REPO / "scripts" / "curve_figure.py"), str(tmp_path / "run_curve.json")]
+    alone = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    first = (tmp_path / "run_curve.png").read_bytes()
+    both = subprocess.run([*script, "--beside", f"earlier={tmp_path / 'other_curve.json'}"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert (tmp_path / "run_curve.png").read_bytes() != first  # the other run's line is in the figure
+    bad = subprocess.run([*script, "--beside", "no-path"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "give LABEL=PATH" in bad.stderr

@@ -59,7 +59,15 @@ def test_the_report_counts_the_seeds_each_claim_holds_in(tmp_path):
     assert "| vanilla | MLP, 20 latents | 20 | 101 ± 1.4 |" in text
     assert (tmp_path / "report" / "measures" / "no_kld-seed43.json").is_file()
     # a second report beside the first: each claim's numbers next to the first report's, over its seeds
-    write_report(tmp_path / "longer", {42: by_seed[43]}, {**summary, "epochs": 100}, workdir, beside=tmp_path / "report")
+    write_report(
+        tmp_path / "longer", {42: by_seed[43]}, {**summary, "epochs": 100}, workdir, beside=tmp_path / "report"
+    )
     longer = (tmp_path / "longer" / "README.md").read_text()
     assert "| number | seed 42 | mean ± sd | report (configs' epochs, 2 seeds): mean ± sd |" in longer
     assert "| empty_share | 0.5 | 0.5 |" in longer and "| rule met | yes | 1 | 1 of 2 |" in longer
+    # the first report links the second, kept in a sub-folder of it, when written again
+    write_report(tmp_path / "report" / "e100", {42: by_seed[43]}, {**summary, "epochs": 100}, workdir)
+    write_report(tmp_path / "report", by_seed, summary, workdir)
+    assert (
+        "**Other reports beside this one:** [e100](e100/README.md)" in (tmp_path / "report" / "README.md").read_text()
+    )
