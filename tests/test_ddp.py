@@ -56,13 +56,20 @@ def test_the_entry_point_releases_the_process_group_when_the_run_is_over(tiny_co
     assert not torch.distributed.is_initialized()
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default, as in a terminal. A shell starts background jobs with SIGINT
+    ignored, which the child inherits, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int = 0) -> str:
     """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
     env = subprocess_env(cwd)
     command = [sys.executable, "-m", "vae_lightning", *map(os.fspath, args)]
     process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
