@@ -298,9 +298,23 @@ def softplus_ns(device: torch.device, repeats: int = 50) -> dict:
     return result
 
 
+def emit(result: dict, path: Path | None) -> None:
+    """Print the result as the last line, JSON; also write it to `path` if given."""
+    line = json.dumps(result)
+    print(line)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+
+
+def gemm_sizes(device: torch.device) -> list[int]:
+    """The square matmul sizes the GEMM peak is taken over."""
+    return [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384]
+
+
 def paper_nll_main(args, device: torch.device) -> None:
     """`--paper-nll`: the GEMM peak, then (d), in one process; prints a line and the JSON."""
-    gemm = gemm_peak(device, [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384])
+    gemm = gemm_peak(device, gemm_sizes(device))
     print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
     softplus = softplus_ns(device)
     print(
@@ -327,11 +341,7 @@ def paper_nll_main(args, device: torch.device) -> None:
         f"{nll['roofline_s']:.1f} s: {nll['roofline_fraction']:.0%} of the float32 GEMM roofline; "
         f"nll {nll['test_nll']:.3f} +- {nll['test_nll_mc_se']:.4f} (Monte-Carlo standard error)"
     )
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
+    emit(result, args.json)
 
 
 # ---------------------------------------------------------------------------------------------- (a)
@@ -439,7 +449,7 @@ def main() -> None:
                 record(arm, repeat, epochs, loss)
                 if arm == "package":
                     checkpoint = last
-        sizes = [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384]
+        sizes = gemm_sizes(device)
         gemm = gemm_train = gemm_peak(device, sizes)
         print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
         if precision != "highest":
@@ -510,11 +520,7 @@ def main() -> None:
             f"{nll['peak_memory_mb']:.0f} MB ({nll['memory']}; {extra:.0f} MB above its start); "
             f"nll {nll['test_nll']:.2f}"
         )
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ def test_bad_input_is_refused_before_the_server_starts(run_cli, capsys, tiny_con
         port = taken.getsockname()[1]
         err = explore_error(capsys, "--ckpt_path", checkpoint, "--port", port)
     assert f"--port {port}: already in use on 127.0.0.1" in err and f"--port {port + 1}" in err
+    assert "--port 70000: ports go up to 65535" in explore_error(capsys, "--ckpt_path", checkpoint, "--port", 70000)
     assert "--max_sliders must be a positive integer" in explore_error(
         capsys, "--ckpt_path", checkpoint, "--max_sliders", 0
     )

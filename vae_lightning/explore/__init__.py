@@ -29,6 +29,8 @@ INSTALL = 'vae-lightning explore needs the explore extra (Bokeh): pip install -e
 def check_port(host: str, port: int) -> None:
     """Refuse, before any work, a port that another program holds (or that this user may not bind)."""
     check_int("--port", port, minimum=1, fix="e.g. --port 5006")
+    if port > 65535:
+        raise ConfigError(f"--port {port}: ports go up to 65535; choose one below, e.g. --port 5006.")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
