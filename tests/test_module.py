@@ -83,6 +83,23 @@ def test_test_metrics_count_every_image_once_with_per_image_noise(tiny_mnist, tm
     assert metrics["test/nll_mc_se"] == pytest.approx(variance.sum().sqrt().item() / len(images), rel=1e-4)
 
 
+def test_test_nll_per_image_does_not_depend_on_how_the_images_are_split_between_cores():
+    m, before = tiny_model(nll_samples=300, nll_chunk_size=64), torch.get_num_threads()
+    images = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    index = torch.arange(100, 107)
+    estimates = []
+    try:
+        for threads in (1, 3):  # 3: parts of 3, 3 and 1 images, each on a thread of its own
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                estimates.append(m.test_nll(images, index))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    for one, split in zip(*estimates):
+        torch.testing.assert_close(split, one, rtol=1e-6, atol=1e-5)
+
+
 def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path):
     m = tiny_model(nll_samples=8)
     results = [

@@ -6,6 +6,7 @@ Speed itself is measured by scripts/benchmark.py, not here."""
 from __future__ import annotations
 
 import csv
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from lightning.pytorch.loggers import CSVLogger
 
 from vae_lightning import MLPDecoder, MLPEncoder, VAELitModule
 from vae_lightning.objectives import vae_terms
-from vae_lightning.speed import TimedProgressBar, remember_no_cuda_device, set_flush_subnormals, subnormals_flushed
+from vae_lightning.speed import (
+    TimedProgressBar,
+    map_one_core_each,
+    remember_no_cuda_device,
+    set_flush_subnormals,
+    subnormals_flushed,
+)
 
 
 def flushed_share() -> float:
@@ -32,6 +39,29 @@ def test_subnormals_are_flushed_on_every_intra_op_thread_and_restored():
     assert flushed_share() == 1.0 and subnormals_flushed()  # every thread's share, not only the caller's
     set_flush_subnormals(False)
     assert flushed_share() == 0.0 and not subnormals_flushed()
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_each_part_runs_on_a_thread_of_its_own_with_the_caller_s_modes_and_one_core(flush):
+    before, flushed_before = torch.get_num_threads(), subnormals_flushed()
+    torch.set_num_threads(2)
+    set_flush_subnormals(flush)
+    try:
+        together = threading.Barrier(3, timeout=30)  # broken, an error, unless the three parts run at once
+
+        def state(item: int) -> tuple:
+            together.wait()
+            return item, threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled(), subnormals_flushed()
+
+        with torch.no_grad():
+            states = map_one_core_each(state, [0, 1, 2])
+        assert [s[0] for s in states] == [0, 1, 2]  # in the items' order
+        assert len({s[1] for s in states} | {threading.get_ident()}) == 4  # three workers at once, none the caller
+        assert all(s[2:] == (1, False, flush) for s in states)
+        assert torch.get_num_threads() == 2 and torch.is_grad_enabled()
+    finally:
+        torch.set_num_threads(before)
+        set_flush_subnormals(flushed_before)
 
 
 def test_the_cuda_probe_keeps_torch_s_answer():

@@ -183,15 +183,20 @@ def softplus_sum(logits: Tensor) -> Tensor:
 
     On a CPU, without gradients, as log(1 + exp(l)): one new tensor and vectorised in-place passes, cheaper
     than torch's softplus kernel, which evaluates log1p per element (measured in docs/performance.md).
-    Where 1 + exp(l) rounds to 1 (l < -16) the terms lost are below 6e-8 nats each; logits above 80
-    contribute l - 80 exactly, added apart. Elsewhere torch's own softplus (one fused kernel on a GPU).
+    Where 1 + exp(l) rounds to 1 (l < -16) the terms lost are below 6e-8 nats each. A row where exp
+    overflows (a logit above ~88.7, where softplus(l) = l to float precision) is summed again with its
+    logits above 80 counted as l - 80 + softplus(80): checking the row sums for that costs no pass over
+    the logits. Elsewhere torch's own softplus (one fused kernel on a GPU).
     """
     if logits.device.type != "cpu" or logits.requires_grad:
         return F.softplus(logits).sum(-1)
-    if logits.amax() > _EXP_LIMIT:
-        above = (logits - _EXP_LIMIT).clamp_min_(0.0).sum(-1)
-        return logits.clamp_max(_EXP_LIMIT).exp_().add_(1.0).log_().sum(-1) + above
-    return logits.exp().add_(1.0).log_().sum(-1)
+    sums = logits.exp().add_(1.0).log_().sum(-1)
+    overflowed = sums.isinf()
+    if overflowed.any():
+        rows = logits[overflowed]
+        above = (rows - _EXP_LIMIT).clamp_min_(0.0).sum(-1)
+        sums[overflowed] = rows.clamp_max(_EXP_LIMIT).exp_().add_(1.0).log_().sum(-1) + above
+    return sums
 
 
 def log_importance_weights(
