@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,18 @@ const one = (value) => new Promise((arrived) => { pending = arrived; slider.valu
 })();"""
 
 
+def crop_to_content(path: Path, margin: int = 12) -> None:
+    """Cut the white space right of and below the page's panels (the window is wider and taller than them)."""
+    from PIL import Image, ImageChops
+
+    with Image.open(path) as shot:
+        page = shot.convert("RGB")
+    box = ImageChops.invert(page.convert("L")).getbbox()  # the bounding box of everything not white
+    if box:
+        page = page.crop((0, 0, min(page.width, box[2] + margin), min(page.height, box[3] + margin)))
+    page.save(path, optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", required=True)
@@ -51,11 +62,9 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, default=None, help="also save a PNG of the whole page")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_explore import READY, SLIDERS, browser, start_explorer, wait_for
+    from browser import READY, SLIDERS, browser, free_port, start_explorer, wait_for
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as tmp:
         server = start_explorer(Path(args.ckpt_path), port, Path(tmp) / "explore.log", *extra)
@@ -72,6 +81,7 @@ def main() -> None:
                 time.sleep(1.0)
                 args.screenshot.parent.mkdir(parents=True, exist_ok=True)
                 driver.save_screenshot(str(args.screenshot))
+                crop_to_content(args.screenshot)
         finally:
             driver.quit()
             server.terminate()

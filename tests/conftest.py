@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_RAW = REPO.parent / "shared" / "data" / "MNIST" / "raw"
 CONFIGS = REPO / "configs"
 VARIANTS = ("vanilla", "two_latent", "cnn", "no_kld", "no_recon")
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # looks like an API key; must never be written anywhere
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
@@ -176,3 +177,13 @@ def read_only():
             subprocess.run(["umount", str(folder)], check=True)
 
     return make
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """W&B offline with no account: no netrc, and a fake key in the environment to prove it is not written."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))

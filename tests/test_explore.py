@@ -4,77 +4,17 @@ chromedriver) on a checkpoint of a short fit, and bad input refused before the s
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from browser import DECODING, MAP_POINT, READY, SLIDER_HANDLE, SLIDERS, browser, free_port, start_explorer, wait_for
 from conftest import CONFIGS, configs
 
 from vae_lightning.module import VAELitModule
-
-# What the page's JavaScript answers: the Bokeh models by name, and screen points of data coordinates.
-READY = """const doc = window.Bokeh && Bokeh.documents[0];
-return !!(doc && doc.get_model_by_name('prior_decoding').data.z[0].length);"""
-DECODING = "return Bokeh.documents[0].get_model_by_name(arguments[0]).data;"
-MAP_POINT = """const fig = Bokeh.documents[0].get_model_by_name('latent_map');
-const view = Bokeh.index.find_one(fig), box = view.el.getBoundingClientRect();
-return [box.left + view.frame.x_scale.compute(arguments[0]), box.top + view.frame.y_scale.compute(arguments[1])];"""
-SLIDERS = (
-    """return [...Bokeh.documents[0].all_models].map(m => m.name).filter(n => n && n.startsWith('traversal_z'));"""
-)
-SLIDER_HANDLE = """const view = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(arguments[0]));
-const box = view.shadow_el.querySelector('.noUi-handle').getBoundingClientRect();
-return [box.left + box.width / 2, box.top + box.height / 2];"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def browser():
-    """Headless Chromium (the system's, as Debian packages it with its driver)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, (
-        "the browser tests need Chromium and its driver: apt-get install chromium chromium-driver"
-    )
-    options = Options()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,2000"):  # fmt: skip
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "the page"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-
-
-def start_explorer(checkpoint: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
-    """`vae-lightning explore` as a user starts it, its output to a file; returns once it serves."""
-    command = [str(Path(sys.executable).parent / "vae-lightning"), "explore", "--ckpt_path", str(checkpoint),
-               "--port", str(port), "--download", "false", *extra]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    wait_for(lambda: "serving" in log.read_text() or server.poll() is not None, what="the explorer's start")
-    assert server.poll() is None, log.read_text()
-    return server
 
 
 def decoded(model: VAELitModule, z: list[float]) -> np.ndarray:
@@ -91,11 +31,17 @@ def page_image(data: dict) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_the_page_decodes_what_the_map_and_a_slider_point_at(run_cli, tiny_config, tmp_path):
+@pytest.mark.parametrize(
+    ("variant", "latents", "binarize", "plane"),
+    [("vanilla", 4, "none", "PCA of 4 latents"), ("cnn", 2, "dynamic", "latent dimensions 0 and 1")],
+)
+def test_the_page_decodes_what_the_map_and_a_slider_point_at(
+    run_cli, tiny_config, tmp_path, variant, latents, binarize, plane
+):
     from selenium.webdriver.common.action_chains import ActionBuilder
 
-    run_cli("fit", *configs(CONFIGS / "vanilla.yaml", tiny_config), "--trainer.max_epochs", "2",
-            "--model.latent_dim", "4", "--experiments.names", "[]")  # fmt: skip
+    run_cli("fit", *configs(CONFIGS / f"{variant}.yaml", tiny_config), "--trainer.max_epochs", "2",
+            "--model.latent_dim", str(latents), "--data.binarize", binarize, "--experiments.names", "[]")  # fmt: skip
     checkpoint = next(tmp_path.glob("logs/**/last.ckpt"))
     model = VAELitModule.load_from_checkpoint(checkpoint, weights_only=True).eval()
     server = start_explorer(checkpoint, free_port(), tmp_path / "explore.log")
@@ -104,7 +50,8 @@ def test_the_page_decodes_what_the_map_and_a_slider_point_at(run_cli, tiny_confi
         driver.get(f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}/")
         wait_for(lambda: driver.execute_script(READY))
         title = driver.execute_script("return Bokeh.documents[0].get_model_by_name('title').text")
-        assert "100 test images, 4 latents" in title and "PCA of 4 latents" in title and "data mean" in title
+        assert f"100 test images, {latents} latents" in title and plane in title
+        assert ("data mean" in title) == (latents > 2)  # what a map point decodes to, said where it applies
 
         # a click on the map: the decoding follows, and it is model.decode of the z the page says
         before = driver.execute_script(DECODING, "map_decoding")
@@ -178,3 +125,38 @@ def test_without_the_extra_the_command_says_what_to_install(tmp_path):
                           env={**os.environ, "VAE_LIGHTNING_DATA_DIR": str(tmp_path)}, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert 'pip install -e ".[explore]"' in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_page_s_websocket_sends_each_frame_at_once(run_cli, tiny_config, tmp_path):
+    """Nagle's algorithm is off on the server's end of the page's websocket (else each decoding waits ~40 ms for
+    the browser's delayed acknowledgement; the round trip itself is measured by scripts/explore_latency.py)."""
+    import asyncio
+    import gc
+    import threading
+
+    from bokeh.server.views.ws import WSHandler
+
+    from vae_lightning.explore import explore
+
+    run_cli("fit", *configs(CONFIGS / "two_latent.yaml", tiny_config), "--trainer.max_epochs", "1")
+    checkpoint, port, started = next(tmp_path.glob("logs/**/last.ckpt")), free_port(), {}
+
+    def serve() -> None:  # the explorer in this process, on a thread with its own event loop
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        started["server"] = explore(str(checkpoint), port=port, download=False, run=False)
+        started["server"].io_loop.start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    wait_for(lambda: "server" in started or not thread.is_alive(), what="the explorer's start")
+    server, driver = started["server"], browser()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait_for(lambda: driver.execute_script(READY))
+        handlers = [h for h in gc.get_objects() if type(h) is WSHandler and h.ws_connection]
+        sockets = [h.ws_connection.stream.socket for h in handlers]
+        assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
+    finally:
+        driver.quit()
+        server.io_loop.add_callback(lambda: (server.stop(), server.io_loop.stop()))
+        thread.join(timeout=30)

@@ -1,4 +1,5 @@
-"""`LatentWriter`: `vae-lightning predict` writes every image's posterior to one file."""
+"""`LatentWriter`: `vae-lightning predict` writes every image's posterior to one file, and sends them to the
+loggers' embedding projectors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from vae_lightning.atomic import save_atomically
 from vae_lightning.checkpointing import provenance
 from vae_lightning.distributed import gather_rows
+from vae_lightning.errors import check_int
+from vae_lightning.projector import Embedding, to_projectors
 from vae_lightning.runs import run_dir
 
 log = logging.getLogger(__name__)
@@ -26,29 +29,45 @@ class LatentWriter(Callback):
     predicting without a checkpoint). Under DDP every rank's rows are gathered and rank 0 writes once.
     The CLI refuses, before predicting, to replace an earlier file (unless --overwrite true).
 
+    The first `projector_points` of them (in dataset order), with their digits and images, also go to
+    the embedding projector of every attached TensorBoard or W&B logger (`vae_lightning.projector`),
+    under the tag `latents/<split>`.
+
     Args:
         output_dir: folder for the file; default: the run's folder (`vae_lightning.runs.run_dir`).
+        projector_points: at most this many points for the projectors; 0 sends none.
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, projector_points: int = 10000) -> None:
         self.output_dir = output_dir
+        self.projector_points = check_int("predictions.projector_points", projector_points, minimum=0)
         self.last_path: Path | None = None
         self._rows: dict[str, list[torch.Tensor]] = {}
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rows = {key: [] for key in KEYS}
+        self._rows = {key: [] for key in (*KEYS, "image")}
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for key in KEYS:
             self._rows[key].append(outputs[key].detach())
+        if self.projector_points:  # thumbnails as bytes: a quarter of the memory of float pixels
+            self._rows["image"].append(batch[0].detach().mul(255).round().to(torch.uint8))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        rows = {key: gather_rows(pl_module, torch.cat(parts)).cpu() for key, parts in self._rows.items()}  # all ranks
+        parts = {key: parts for key, parts in self._rows.items() if parts}
+        rows = {key: gather_rows(pl_module, torch.cat(part)).cpu() for key, part in parts.items()}  # all ranks
         self._rows = {}
         order = rows["index"].argsort()
         rows = {key: value[order] for key, value in rows.items()}
+        images = rows.pop("image", None)
         folder = Path(self.output_dir) if self.output_dir is not None else run_dir(trainer)  # every rank: broadcasts
-        self.last_path = folder / f"latents_{getattr(trainer.datamodule, 'predict_split', 'predict')}.pt"
-        if trainer.is_global_zero:
-            save_atomically({**rows, **provenance(trainer.ckpt_path)}, self.last_path)
-            log.info("Wrote %d posteriors (mu, logvar, label, index) to %s", len(order), self.last_path)
+        split = getattr(trainer.datamodule, "predict_split", "predict")
+        self.last_path = folder / f"latents_{split}.pt"
+        if not trainer.is_global_zero:
+            return
+        save_atomically({**rows, **provenance(trainer.ckpt_path)}, self.last_path)
+        log.info("Wrote %d posteriors (mu, logvar, label, index) to %s", len(order), self.last_path)
+        if images is not None:
+            shown = slice(0, self.projector_points)
+            embedding = Embedding(rows["mu"][shown], rows["label"][shown], rows["index"][shown], images[shown] / 255)
+            to_projectors(trainer.loggers, f"latents/{split}", embedding, trainer.global_step)

@@ -27,6 +27,7 @@ from vae_lightning.errors import ConfigError, check_choice, check_int
 from vae_lightning.experiments import compute, measures, render
 from vae_lightning.experiments.classifier import DigitClassifier, Judgement, cached_classifier, judge
 from vae_lightning.experiments.figures import figure_dir, publish
+from vae_lightning.projector import Embedding, to_projectors
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def sharded_posterior(module: LightningModule, images: Tensor) -> tuple[Tensor, 
 class Outcome:
     figure: Figure
     measures: dict[str, float]
+    embedding: Embedding | None = None  # points for the loggers' projectors
 
 
 class Experiment(Callback):
@@ -164,6 +166,8 @@ def run_due(trainer: Trainer, module: LightningModule, experiments: Sequence[Exp
         for experiment in due:
             outcome = experiment.run(module, data)
             experiment.last_png = publish(trainer, f"exp/{experiment.name}", outcome.figure, folder)
+            if outcome.embedding is not None:
+                to_projectors(trainer.loggers, f"exp/{experiment.name}", outcome.embedding, trainer.global_step)
             for key, value in outcome.measures.items():
                 module.log(f"exp/{experiment.name}/{key}", float(value), rank_zero_only=True)
     finally:
@@ -466,18 +470,27 @@ class LatentScatter(Experiment):
         knn_k: neighbours for the k-NN accuracy.
         grid: cells per side of the box.
         every_n_epochs: run after validation epochs n, 2n, ...
+        projector: also send the plotted points, in all latent dimensions, with their digits and images,
+            to the attached TensorBoard and W&B loggers' embedding projectors (`vae_lightning.projector`).
     """
 
     name = "latent_scatter"
     uses_posterior = True
 
-    def __init__(self, max_points: int | None = None, knn_k: int = 5, grid: int = 15, every_n_epochs: int = 1):
+    def __init__(
+        self,
+        max_points: int | None = None,
+        knn_k: int = 5,
+        grid: int = 15,
+        every_n_epochs: int = 1,
+        projector: bool = False,
+    ):
         super().__init__(every_n_epochs)
         if max_points is not None:
             check_int("latent_scatter.max_points", max_points, minimum=2)
         check_int("latent_scatter.knn_k", knn_k)
         check_int("latent_scatter.grid", grid)
-        self.max_points, self.knn_k, self.grid = max_points, knn_k, grid
+        self.max_points, self.knn_k, self.grid, self.projector = max_points, knn_k, grid, projector
 
     def skip_reason(self, model) -> str | None:
         if model.latent_dim < 2:
@@ -515,6 +528,7 @@ class LatentScatter(Experiment):
                 "empty_share": empty.float().mean().item(),
                 "empty_unclear": measures.unclear_fraction(clear[empty]) if empty.any() else 0.0,
             },
+            Embedding(mu, labels, torch.arange(len(mu)), data.images[: len(mu)]) if self.projector else None,
         )
 
 

@@ -26,6 +26,30 @@ from vae_lightning.errors import ConfigError, check_int, explain
 INSTALL = 'vae-lightning explore needs the explore extra (Bokeh): pip install -e ".[explore]"'
 
 
+def send_websocket_frames_at_once() -> None:
+    """Turn off Nagle's algorithm on the Bokeh server's websockets (`set_nodelay(True)` as each one opens).
+
+    Bokeh writes each message as several websocket frames (header, metadata, content, buffers) and leaves
+    tornado's default, Nagle's algorithm on: each frame after the first then waits for the browser's
+    delayed acknowledgement (about 40 ms on Linux) before it leaves, so every decoding reached the page
+    some 45 ms after it was computed (measured in docs/performance.md). Tornado's documentation advises
+    `set_nodelay(True)` for websockets that send small messages; Bokeh has no setting for it, so its
+    handler's `open` is wrapped once, in this process, to call it first.
+    """
+    from bokeh.server.views.ws import WSHandler
+
+    if getattr(WSHandler.open, "sets_nodelay", False):
+        return
+    bokeh_open = WSHandler.open
+
+    def open_without_delay(self, *args, **kwargs):
+        self.set_nodelay(True)
+        return bokeh_open(self, *args, **kwargs)
+
+    open_without_delay.sets_nodelay = True
+    WSHandler.open = open_without_delay
+
+
 def check_port(host: str, port: int) -> None:
     """Refuse, before any work, a port that another program holds (or that this user may not bind)."""
     check_int("--port", port, minimum=1, fix="e.g. --port 5006")
@@ -74,6 +98,8 @@ def explore(
         from bokeh.server.server import Server
     except ImportError as err:
         raise ConfigError(INSTALL) from err
+    import torch
+
     from vae_lightning.data import MNISTDataModule
     from vae_lightning.experiments.callbacks import digit_classifier
     from vae_lightning.experiments.command import load_model, resolve_device
@@ -94,6 +120,7 @@ def explore(
     classifier, _ = digit_classifier(os.fspath(datamodule.data_dir))
     explorer = Explorer(model, images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), classifier, max_sliders)
 
+    send_websocket_frames_at_once()
     origins = ["*"] if host in ("0.0.0.0", "::") else [f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
     server = Server(
         {"/": Application(FunctionHandler(lambda doc: build(doc, explorer, split)))},
@@ -104,6 +131,9 @@ def explore(
     print(f"vae-lightning explore: serving {ckpt_path} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     if not run:
         return server
+    # Each request decodes and judges a handful of images: one core answers at once, where a team of
+    # intra-op threads waits for cores that another program (a training run, say) holds.
+    torch.set_num_threads(1)
     try:
         server.io_loop.start()
     except KeyboardInterrupt:
