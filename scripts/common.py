@@ -27,12 +27,13 @@ def config_args(config: str, extra: list[str], save_dir: Path, name: str) -> lis
     ]
 
 
-def run(args: list[str], log: Path) -> float:
-    """Run a command from the repository root, output to `log`; exit on failure. Returns seconds."""
+def run(args: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+    """Run a command from the repository root (in `env`, default this one), output to `log`; exit on failure.
+    Returns seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {' '.join(args)}; see {log}")
     return time.perf_counter() - start

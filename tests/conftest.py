@@ -3,11 +3,14 @@ and an in-process CLI runner."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -141,6 +144,36 @@ def subprocess_env(cwd: Path) -> dict[str, str]:
         "VAE_LIGHTNING_DATA_DIR": str(cwd / "unused"),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     }
+
+
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default, as in a terminal. A shell starts background jobs with SIGINT
+    ignored, which the child inherits, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def cli_subprocess(args: list, cwd: Path, timeout: float = 240, returncode: int = 0) -> str:
+    """Run `python -m vae_lightning ...` in its own process group; kill the whole group if it hangs."""
+    env = subprocess_env(cwd)
+    command = [sys.executable, "-m", "vae_lightning", *map(os.fspath, args)]
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # Lightning traps SIGTERM; the DDP ranks share the group
+        out, _ = process.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{out[-3000:]}")
+    assert process.returncode == returncode, f"exit {process.returncode}:\n{out[:1500]}\n[...]\n{out[-6000:]}"
+    return out
+
+
+def read_metrics(log_root: Path, prefix: str) -> dict[str, float]:
+    (version,) = [p for p in log_root.iterdir() if (p / "metrics.csv").exists()]
+    rows = list(csv.DictReader((version / "metrics.csv").read_text().splitlines()))
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith(prefix) and v}
 
 
 def configs(*paths) -> list:

@@ -52,13 +52,14 @@ class NaNAfter(MLPEncoder):
 
 
 class KillAt(Callback):
-    """Kills its own process with SIGKILL (no clean-up, like an OOM killer or a lost node) after `step` steps."""
+    """Kills its own process with SIGKILL (no clean-up, like an OOM killer or a lost node) after `step` steps;
+    only on global rank `rank` when given."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, cli_error, configs, subprocess_env
-from test_ddp import cli_subprocess
+from conftest import CONFIGS, cli_error, cli_subprocess, configs, subprocess_env
 
 TWO = ("--config", CONFIGS / "two_latent.yaml")
 ONE_EPOCH = ("--trainer.max_epochs", "1")

@@ -7,8 +7,7 @@ import signal
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, cli_error, configs
-from test_ddp import cli_subprocess
+from conftest import CONFIGS, cli_error, cli_subprocess, configs
 
 BASE = ["--config", CONFIGS / "two_latent.yaml", "--data.binarize", "dynamic"]  # every random stream in play
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, SECRET, cli_error, configs
+from conftest import CONFIGS, SECRET, cli_error, cli_subprocess, configs
 from wandb_runs import WANDB, finished_records
 
 
@@ -74,7 +74,6 @@ def test_an_offline_run_holds_metrics_by_step_config_images_and_no_key(run_cli, 
 
 @pytest.mark.slow
 def test_two_ddp_processes_make_exactly_one_run(tiny_config, tmp_path, offline):
-    from test_ddp import cli_subprocess
 
     out = cli_subprocess(
         [

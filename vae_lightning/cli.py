@@ -26,7 +26,7 @@ from vae_lightning.checkpointing import (
     model_differences,
 )
 from vae_lightning.data import MNISTDataModule
-from vae_lightning.distributed import release_process_group
+from vae_lightning.distributed import check_launch, distributed_failure, release_process_group
 from vae_lightning.errors import ConfigError, check_int, check_number, explain
 from vae_lightning.experiments import Experiment, Experiments
 from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
@@ -192,6 +192,7 @@ class VAECLI(LightningCLI):
         for key, minimum in TRAINER_COUNTS.items():  # Lightning divides by some of them, deep in its loops
             if config.trainer.get(key) is not None:
                 check_int(f"trainer.{key}", config.trainer[key], minimum=minimum)
+        check_launch(config.trainer.get("num_nodes") or 1, config.trainer.get("devices"))
         if config.trainer.get("gradient_clip_val") is not None:  # Lightning takes a negative value silently
             check_number(
                 "trainer.gradient_clip_val", config.trainer.gradient_clip_val, what="a clip value (null: none)"
@@ -394,6 +395,10 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
         print(f"vae-lightning: stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from err
     except Exception as err:  # a user's input (ours, or what Lightning, torch or the OS say of it): one line
+        if (failure := distributed_failure(err)) and not os.environ.get("VAE_LIGHTNING_DEBUG"):
+            status, message = failure
+            print(f"vae-lightning: {'error' if status == 2 else 'stopped'}: {message}", file=sys.stderr)
+            raise SystemExit(status) from err
         message = explain(err)
         if message is None or os.environ.get("VAE_LIGHTNING_DEBUG"):
             raise

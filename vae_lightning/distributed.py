@@ -1,10 +1,24 @@
-"""Collectives that work the same on one process and under DDP (call them on every rank)."""
+"""Collectives that work the same on one process and under DDP (call them on every rank); the launchers'
+process counts checked against the Trainer's; a lost peer told apart from a bug."""
 
 from __future__ import annotations
+
+import os
+import re
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
+
+from vae_lightning.errors import ConfigError
+
+# What torch's gloo and NCCL backends say when another process of the group died or stopped answering.
+_PEER_LOST = re.compile(
+    r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting \d+ms"
+    r"|Watchdog caught collective operation timeout|NCCL communicator was aborted|remote process exited",
+)
+# ... and when this process cannot reach the rendezvous (the TCP store on the node of rank 0).
+_UNREACHABLE = re.compile(r"timed out after (\d+)ms while trying to connect to \(([^,]+), (\d+)\)")
 
 
 def attached_trainer(module: LightningModule) -> Trainer | None:
@@ -39,3 +53,65 @@ def release_process_group() -> None:
     exception", SIGABRT: gloo's worker threads still hold tensors while Python is torn down)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def launched_processes(environ: dict[str, str] | None = None) -> tuple[str, int, int] | None:
+    """(launcher, nodes, processes per node) of the torchrun or Slurm job this process belongs to, read from
+    the environment each sets for its processes (as Lightning's cluster environments detect them); None
+    when neither started it."""
+    env = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" in env and "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:
+        world, local = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+        return "torchrun", world // max(local, 1), local
+    if "SLURM_NTASKS" in env and "SLURM_NNODES" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        nodes, tasks = int(env["SLURM_NNODES"]), int(env["SLURM_NTASKS"])
+        return "srun", nodes, tasks // max(nodes, 1)
+    return None
+
+
+def check_launch(num_nodes: int, devices: object, environ: dict[str, str] | None = None) -> None:
+    """Refuse, before anything starts, a `trainer.num_nodes` or `trainer.devices` that does not match the
+    processes torchrun or Slurm started (Lightning stops with a traceback there, or the ranks wait on
+    each other). `devices` is checked when it is a count or a list; "auto" and -1 are Lightning's."""
+    launched = launched_processes(environ)
+    if launched is None:
+        return
+    launcher, nodes, per_node = launched
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices
+    wrong_devices = isinstance(count, int) and not isinstance(count, bool) and count > 0 and count != per_node
+    if num_nodes == nodes and not wrong_devices:
+        return
+    flags = "--nnodes and --nproc-per-node" if launcher == "torchrun" else "sbatch --nodes and --ntasks-per-node"
+    raise ConfigError(
+        f"trainer.num_nodes={num_nodes} and trainer.devices={devices} do not match the {nodes * per_node} "
+        f"processes {launcher} started ({nodes} node(s) x {per_node} per node, its {flags}): set "
+        f"--trainer.num_nodes {nodes} --trainer.devices {per_node}."
+    )
+
+
+def distributed_failure(err: BaseException) -> tuple[int, str] | None:
+    """(exit status, one line) for a distributed run that could not reach its rendezvous (2: a setting to fix)
+    or stopped because another of its processes died or stopped answering (1: a node lost, killed, out of
+    memory); None for any other error."""
+    link: BaseException | None = err
+    while link is not None:
+        if isinstance(link, (RuntimeError, torch.distributed.DistError)):
+            text = str(link)
+            unreachable = _UNREACHABLE.search(text)
+            if unreachable:
+                ms, host, port = unreachable.groups()
+                return 2, (
+                    f"cannot reach the rendezvous at {host}:{port} (no answer in {int(ms) / 1000:g} s): start the "
+                    "node of rank 0 (it hosts it) and check that this node reaches that address and port "
+                    "(MASTER_ADDR and MASTER_PORT: torchrun --master-addr and --master-port)."
+                )
+            found = _PEER_LOST.search(text)
+            if found:
+                detail = next(line for line in text.splitlines() if found.group(0) in line)
+                detail = re.sub(r"^\[[^\]]*\] ?", "", detail.strip()).split(". ")[0][:200]  # gloo's file:line first
+                return 1, (
+                    f"another process of this distributed run is gone ({detail}): see its node's log; then "
+                    "start every node again with --ckpt_path last to resume."
+                )
+        link = link.__cause__ or link.__context__
+    return None
