@@ -7,14 +7,38 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from browser import DECODING, MAP_POINT, READY, SLIDER_HANDLE, SLIDERS, browser, free_port, start_explorer, wait_for
+from browser import (
+    DECODING,
+    MAP_POINT,
+    READY,
+    SLIDER_HANDLE,
+    SLIDERS,
+    SPINNER,
+    TAP_POINT,
+    browser,
+    free_port,
+    start_explorer,
+    wait_for,
+)
 from conftest import CONFIGS, configs
 
 from vae_lightning.module import VAELitModule
+
+
+def posterior_means(checkpoint: Path, model: VAELitModule) -> list[list[float]]:
+    """Posterior means of the test images as the checkpoint's data settings serve them."""
+    from vae_lightning.data import MNISTDataModule
+
+    settings = torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
+    datamodule = MNISTDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})
+    datamodule.setup("predict")
+    with torch.no_grad():
+        return model.encode(datamodule.splits["test"][0].float().div(255).unsqueeze(1))[0].tolist()
 
 
 def decoded(model: VAELitModule, z: list[float]) -> np.ndarray:
@@ -81,6 +105,13 @@ def test_the_page_decodes_what_the_map_and_a_slider_point_at(
         np.testing.assert_allclose(page_image(after), decoded(model, after["z"][0]), atol=1e-5)
         verdict = driver.execute_script("return Bokeh.documents[0].get_model_by_name('traversal_verdict').text")
         assert verdict.startswith(("judged", "no digit"))
+
+        # the legend lists the digits 0-9 (rows by digit), and tapping a point picks that point's image
+        assert points["digit"] == sorted(points["digit"]) and points["index"] != sorted(points["index"])
+        tapped = driver.execute_script(TAP_POINT, 37)  # the image of row 37, selected as a tap selects it
+        wait_for(lambda: driver.execute_script(SPINNER, "traversal_index") == tapped, what="the tapped image")
+        shown = wait_for(lambda: (d := driver.execute_script(DECODING, "traversal_original"))["z"][0] and d)
+        np.testing.assert_allclose(shown["z"][0], posterior_means(checkpoint, model)[tapped], atol=1e-5)
     finally:
         driver.quit()
         server.terminate()

@@ -52,9 +52,10 @@ def build(doc, explorer: Explorer, split: str) -> None:
     )  # fmt: skip
 
     # ---- latent map: pointing at or tapping any point decodes it
+    rows = explorer.labels.argsort(stable=True)  # by digit: the legend lists them 0-9 (its order is the rows')
     points = ColumnDataSource(
-        {"x": explorer.points[:, 0].tolist(), "y": explorer.points[:, 1].tolist(),
-         "digit": [str(int(d)) for d in explorer.labels], "index": list(range(n))},
+        {"x": explorer.points[rows, 0].tolist(), "y": explorer.points[rows, 1].tolist(),
+         "digit": [str(int(d)) for d in explorer.labels[rows]], "index": rows.tolist()},
         name="map_points",
     )  # fmt: skip
     latent_map = figure(title=f"posterior means ({explorer.plane})", width=580, height=480, name="latent_map",
@@ -118,7 +119,7 @@ def build(doc, explorer: Explorer, split: str) -> None:
 
     def point_selected(attr, old, new) -> None:
         if new:
-            index.value = int(new[0])
+            index.value = int(points.data["index"][new[0]])  # the tapped row's image
 
     index.on_change("value", load_image)
     for slider in sliders.values():
@@ -126,7 +127,8 @@ def build(doc, explorer: Explorer, split: str) -> None:
     points.selected.on_change("indices", point_selected)
 
     # ---- interpolation between two images, with the seed's shared-eps option
-    first_of = [int((explorer.labels == d).nonzero()[0]) if (explorer.labels == d).any() else 0 for d in (4, 9)]
+    hits = [(explorer.labels == digit).nonzero() for digit in (4, 9)]  # the seed's pair, where the split has them
+    first_of = [int(found[0]) if len(found) else 0 for found in hits]
     first = Spinner(title="from image", low=0, high=n - 1, step=1, value=first_of[0], width=120, name="interp_from")
     second = Spinner(title="to image", low=0, high=n - 1, step=1, value=first_of[1], width=120, name="interp_to")
     t = Slider(title="t", start=0.0, end=1.0, step=0.01, value=0.5, width=300, name="interp_t")
