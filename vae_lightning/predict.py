@@ -13,7 +13,7 @@ from vae_lightning.atomic import save_atomically
 from vae_lightning.checkpointing import provenance
 from vae_lightning.distributed import gather_rows
 from vae_lightning.errors import check_int
-from vae_lightning.projector import Embedding, to_projectors
+from vae_lightning.projector import Embedding, has_projector, to_projectors
 from vae_lightning.runs import run_dir
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,16 @@ class LatentWriter(Callback):
         self.projector_points = check_int("predictions.projector_points", projector_points, minimum=0)
         self.last_path: Path | None = None
         self._rows: dict[str, list[torch.Tensor]] = {}
+        self._thumbnails = False  # collected this epoch: a projector and points asked for
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rows = {key: [] for key in (*KEYS, "image")}
+        self._thumbnails = bool(self.projector_points) and any(map(has_projector, trainer.loggers))
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for key in KEYS:
             self._rows[key].append(outputs[key].detach())
-        if self.projector_points:  # thumbnails as bytes: a quarter of the memory of float pixels
+        if self._thumbnails:  # as bytes: a quarter of the memory of float pixels
             self._rows["image"].append(batch[0].detach().mul(255).round().to(torch.uint8))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -28,6 +28,11 @@ class Embedding(NamedTuple):
     images: Tensor  # (N, 1, 28, 28) pixel values in [0, 1]
 
 
+def has_projector(logger: Logger) -> bool:
+    """Whether `to_projectors` sends anything to this logger."""
+    return isinstance(logger, (TensorBoardLogger, WandbLogger))
+
+
 def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> list[str]:
     """Send `embedding` to every TensorBoard and W&B logger in `loggers`; returns the names of those reached.
 
