@@ -307,6 +307,16 @@ def emit(result: dict, path: Path | None) -> None:
         path.write_text(line + "\n")
 
 
+def run_header(device: torch.device) -> dict:
+    """What every result record starts with: when, on what, with how many threads."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def gemm_sizes(device: torch.device) -> list[int]:
     """The square matmul sizes the GEMM peak is taken over."""
     return [1024, 2048, 4096] if device.type == "cpu" else [4096, 8192, 16384]
@@ -325,10 +335,7 @@ def paper_nll_main(args, device: torch.device) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         nll = run_paper_nll(args, Path(tmp), gemm)
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
+        **run_header(device),
         "limit_batches": args.limit_batches,
         "data": "test images binarized once (data seed), Bernoulli decoder, nats per image summed over pixels",
         "gemm_peak_gflops": gemm["gflops"],
@@ -468,10 +475,7 @@ def main() -> None:
     b = timed["package"][0]
     b32 = timed["package_full_float32"][0] if "package_full_float32" in timed else None
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
+        **run_header(device),
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "limit_batches": args.limit_batches,

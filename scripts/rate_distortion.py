@@ -46,14 +46,15 @@ def one_point(configs: list[str], beta: float, latents: int, args, workdir: Path
     point = ["--model.kl_weight", str(beta), "--model.latent_dim", str(latents)]
     logged = [*point, "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(folder)]
     logged += ["--trainer.logger.init_args.name", "run"]
-    fit = [command("vae-lightning"), "fit", *(a for c in configs for a in ("--config", c)), *logged]
+    settings = [*(a for c in configs for a in ("--config", c)), *logged]  # the fit's and the test's
+    fit = [command("vae-lightning"), "fit", *settings]
     fit += ["--experiments.names", "[]", *(["--trainer.max_epochs", str(args.epochs)] if args.epochs else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     print(f"[{name}] fit ...", flush=True)
     fit_seconds = run(fit, folder / "fit.log", env=env)
     fit_dir = latest_version(folder / "run")
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
-    test = [command("vae-lightning"), "test", *(a for c in configs for a in ("--config", c)), *logged]
+    test = [command("vae-lightning"), "test", *settings]
     test += ["--ckpt_path", str(checkpoint), "--model.nll_samples", str(args.nll_samples)]
     run(test, folder / "test.log", env=env)
     tested = logged_metrics(latest_version(folder / "run"))

@@ -236,23 +236,23 @@ class VAECLI(LightningCLI):
         if self.subcommand == "fit" and config.get("ckpt_path") and Path(config["ckpt_path"]).is_file():
             check_same_data(config["ckpt_path"], self.datamodule.hparams)
         if self.subcommand == "fit":
-            self._check_monitors()
-            if getattr(self.datamodule, "val_size", None) == 0:
+            validates = getattr(self.datamodule, "val_size", None) != 0
+            self._check_monitors(validates)
+            if not validates:
                 self._without_validation()
         # Rank 0 alone: the other processes start later, under its launcher. fast_dev_run writes no files.
         if rank_zero_only.rank == 0 and not self.trainer.fast_dev_run:
             self._check_outputs(config)
 
-    def _check_monitors(self) -> None:
+    def _check_monitors(self, validates: bool) -> None:
         """Refuse a checkpoint or early-stopping monitor the model never logs, before training (Lightning finds
         out at the end of the first epoch); with `data.val_size: 0` nothing is validated, so early stopping
         on a val/ metric is refused too (the CLI's best-checkpoint callback then simply saves none)."""
-        no_validation = getattr(self.datamodule, "val_size", None) == 0
         for callback in self.trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
             if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not monitor:
                 continue
-            if no_validation and isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
+            if not validates and isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
                 raise ConfigError(
                     f"EarlyStopping.monitor: {monitor!r} is never measured with data.val_size: 0 (no validation "
                     "images): hold some out (e.g. data.val_size: 5000) or remove the EarlyStopping callback."

@@ -168,9 +168,9 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     """log p(x | z) per draw, shape (B, K), for logits (B, K, D) of K draws of each of B images x (B, D).
 
     The same value as `-bernoulli_nll` (to float rounding), as sum_d x_d l_d - softplus(l_d): the x term is
-    one batched matrix-vector product and the rest `softplus_sum`, where the cross-entropy takes several
-    passes over the (B, K, D) logits. Evaluation decodes thousands of draws per image, and these passes,
-    not the decoder's matrix products, were most of its time.
+    one batched matrix-vector product and the rest `softplus_sum`, fewer passes over the (B, K, D) logits
+    than the cross-entropy takes. Evaluation decodes thousands of draws per image, so each pass over
+    their logits counts.
     """
     return torch.bmm(logits, x.unsqueeze(-1)).squeeze(-1) - softplus_sum(logits)
 

@@ -33,8 +33,8 @@ def has_projector(logger: Logger) -> bool:
     return isinstance(logger, (TensorBoardLogger, WandbLogger))
 
 
-def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> list[str]:
-    """Send `embedding` to every TensorBoard and W&B logger in `loggers`; returns the names of those reached.
+def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> None:
+    """Send `embedding` to every TensorBoard and W&B logger in `loggers` (those `has_projector` names).
 
     TensorBoard: `add_embedding` writes the points, a metadata table (digit, index) and a sprite of the
     images under the logger's folder, with the `projector_config.pbtxt` its Projector tab reads. W&B: a
@@ -69,4 +69,3 @@ def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: i
             reached.append("W&B")
     if reached:
         log.info("Sent %d latents (%s) to the projector of %s", len(mu), tag, " and ".join(reached))
-    return reached

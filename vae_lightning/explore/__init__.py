@@ -31,8 +31,8 @@ def send_websocket_frames_at_once() -> None:
 
     Bokeh writes each message as several websocket frames (header, metadata, content, buffers) and leaves
     tornado's default, Nagle's algorithm on: each frame after the first then waits for the browser's
-    delayed acknowledgement (about 40 ms on Linux) before it leaves, so every decoding reached the page
-    some 45 ms after it was computed (measured in docs/performance.md). Tornado's documentation advises
+    delayed acknowledgement (about 40 ms on Linux) before it leaves, and that wait, not the decoding, is
+    most of a slider's round trip (docs/performance.md). Tornado's documentation advises
     `set_nodelay(True)` for websockets that send small messages; Bokeh has no setting for it, so its
     handler's `open` is wrapped once, in this process, to call it first.
     """
