@@ -223,7 +223,7 @@ PartitionName=local Nodes={host} Default=YES MaxTime=INFINITE State=UP
 def slurm(tmp_path_factory):
     """A real single-node Slurm cluster on this machine (slurmctld, slurmd, munged as Debian packages them,
     root needed): the environment that points its commands at it. Stopped again after the module."""
-    needed = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+    needed = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo")
     assert all(shutil.which(tool) for tool in needed), (
         "the Slurm test needs a local Slurm: apt-get install slurm-wlm munge (.ci/run installs them)"
     )
@@ -235,21 +235,38 @@ def slurm(tmp_path_factory):
     conf = folder / "slurm.conf"
     conf.write_text(SLURM_CONF.format(host=host, dir=folder, cpus=os.cpu_count()))
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    if not Path("/run/munge/munge.socket.2").exists():  # munged as its own user, its socket folder made
+    if not munge_answers():  # a socket file can outlive its daemon (a restored machine): ask for a credential
         Path("/run/munge").mkdir(exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "munged --force"], check=True, timeout=30)
-    subprocess.run(["slurmctld", "-c"], env=env, check=True, timeout=30)
-    subprocess.run(["slurmd", "-c"], env=env, check=True, timeout=30)
-    deadline = time.monotonic() + 60
-    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout:
-        assert time.monotonic() < deadline, (folder / "slurmctld.log").read_text()[-2000:]
-        time.sleep(0.5)
-    yield env
-    for daemon in ("slurmd", "slurmctld"):
-        pid = folder / f"{daemon}.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), signal.SIGTERM)
+        assert munge_answers(), "munged started but gives no credential: see /var/log/munge/munged.log"
+    try:
+        for daemon in ("slurmctld", "slurmd"):
+            try:
+                subprocess.run([daemon, "-c"], env=env, check=True, timeout=30)
+            except subprocess.SubprocessError as error:
+                raise AssertionError(f"{daemon} did not start: {error}\n{slurm_logs(folder)}") from error
+        deadline = time.monotonic() + 60
+        while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, slurm_logs(folder)
+            time.sleep(0.5)
+        yield env
+    finally:  # stopped even when the set-up failed half way, so no daemon outlives the tests
+        for daemon in ("slurmd", "slurmctld"):
+            pid = folder / f"{daemon}.pid"
+            if pid.exists():
+                os.kill(int(pid.read_text()), signal.SIGTERM)
+
+
+def munge_answers() -> bool:
+    """Whether a munged is serving: it encodes a credential for us (exit 0), not only has a socket file."""
+    return subprocess.run(["munge", "-n"], input=b"", capture_output=True, timeout=10, check=False).returncode == 0
+
+
+def slurm_logs(folder: Path) -> str:
+    """The tail of each daemon's log, for a failure message."""
+    logs = [folder / f"{daemon}.log" for daemon in ("slurmctld", "slurmd")]
+    return "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs if log.exists())
 
 
 @pytest.mark.slow
