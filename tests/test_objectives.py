@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from vae_lightning.nets import ConvDecoder, MLPDecoder
 from vae_lightning.objectives import (
     bernoulli_log_likelihood,
     bernoulli_nll,
     decode_draws,
+    fused_log_likelihood,
     gaussian_kl,
     importance_weighted_bound,
     importance_weighted_nll,
@@ -20,6 +22,7 @@ from vae_lightning.objectives import (
     monte_carlo_variance,
     softplus_sum,
 )
+from vae_lightning.speed import set_flush_subnormals, subnormals_flushed
 
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
@@ -77,6 +80,77 @@ def test_log_importance_weights_are_the_training_path_s_terms(binary, scale):
         for chunk_size in (7, 37, 450, 10**6):
             got = log_importance_weights(x, mu, logvar, eps, decoder, chunk_size)
             torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+@pytest.mark.parametrize("hidden_dims", [(200, 200), ()])
+@pytest.mark.parametrize("beyond_exp", ["biases", "weights"])
+def test_the_fused_mlp_likelihood_equals_the_decoder_s_cross_entropy(beyond_exp, activation, hidden_dims, binary):
+    """`fused_log_likelihood` (softplus in place in W h with exp(b) as a factor, the data term from the last
+    hidden layer) gives the float64 cross-entropy of the decoder's own logits to float32 rounding, also for
+    draws whose logits pass exp's float32 range (their rows summed again): through biases beyond +-60 (then
+    log(1 + exp(l)) with the bias added first) or through large weights with small biases (exp(W h)
+    overflowing or underflowing while exp(b) scales it)."""
+    torch.manual_seed(6)
+    decoder = MLPDecoder(latent_dim=8, hidden_dims=hidden_dims, activation=activation).eval()
+    with torch.no_grad():
+        if beyond_exp == "biases":
+            decoder.head.bias[:3] = torch.tensor([120.0, 90.0, -120.0])  # exp(l) overflows float32 above ~88.7
+        else:
+            decoder.head.weight.mul_(60.0)  # W h in the hundreds either way
+            decoder.head.bias[:3] = torch.tensor([-55.0, 55.0, 0.0])
+        z = torch.randn(4, 30, 8) * 2
+        x = torch.rand(4, 784)
+        x = torch.bernoulli(x) if binary else x
+        fused = fused_log_likelihood(decoder)
+        assert fused is not None
+        got = fused(z, x)
+        logits = decoder(z.flatten(0, 1)).double().view(4, 30, 1, 28, 28)
+    expected = -bernoulli_nll(logits, x.double().view(4, 1, 1, 28, 28))
+    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-3)
+
+
+def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
+    """exp(-95) is subnormal, zero where subnormals are flushed (as evaluation runs): a bias below -60 is
+    added before exp, so logits near -7 from W h near 88 still count (about 1e-3 nats per pixel)."""
+    decoder = MLPDecoder(latent_dim=1, hidden_dims=()).eval()
+    flushed = subnormals_flushed()
+    try:
+        set_flush_subnormals(True)
+        with torch.no_grad():
+            decoder.head.weight.fill_(1.0)
+            decoder.head.bias.fill_(-95.0)
+            z = 88.0 + 0.5 * torch.rand(3, 20, 1, generator=torch.Generator().manual_seed(0))  # exp(W h) finite
+            x = torch.zeros(3, 784)
+            got = fused_log_likelihood(decoder)(z, x)
+            logits = decoder(z.flatten(0, 1)).double().view(3, 20, 1, 28, 28)
+    finally:
+        set_flush_subnormals(flushed)
+    expected = -bernoulli_nll(logits, x.double().view(3, 1, 1, 28, 28))
+    assert (expected < -0.5).all()  # 784 pixels at ~1e-3 nats each
+    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-4)
+
+
+def test_the_fused_likelihood_is_used_only_where_it_applies():
+    """The fused path replaces the plain one in evaluation of an MLPDecoder only (with gradients on, or for
+    another decoder, the decoder's own forward is used), and the NLL estimate is the plain path's."""
+    mlp = MLPDecoder(latent_dim=4, hidden_dims=(32,), activation="tanh")
+    with torch.no_grad():
+        assert fused_log_likelihood(mlp) is not None
+        assert fused_log_likelihood(ConvDecoder(latent_dim=4)) is None
+        assert fused_log_likelihood(nn.Sequential(nn.Linear(4, 784))) is None
+    assert fused_log_likelihood(mlp) is None  # gradients on: training keeps autograd's path
+    x, mu, logvar = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3)), torch.randn(5, 4), torch.randn(5, 4) * 0.3
+
+    def noise(block, n):
+        return torch.randn(n, 5, 4, generator=torch.Generator().manual_seed(block))
+
+    with torch.no_grad():
+        estimate = importance_weighted_nll(x, mu, logvar, mlp, noise, 300, 256, block_size=128)
+        eps = torch.cat([noise(0, 128), noise(1, 128), noise(2, 44)])
+        plain = -importance_weighted_bound(log_importance_weights(x, mu, logvar, eps, mlp, 256))
+    torch.testing.assert_close(estimate.nll, plain, rtol=2e-6, atol=1e-4)
 
 
 class OneLatentDecoder(nn.Module):

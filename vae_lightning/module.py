@@ -89,7 +89,7 @@ class VAELitModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         nll_samples: int = 1000,
-        nll_chunk_size: int = 1024,
+        nll_chunk_size: int = 2048,
         eval_seed: int = 0,
         nonfinite: Literal["stop", "skip"] = "stop",
         flush_subnormals: bool = True,

@@ -16,9 +16,10 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from vae_lightning.errors import ConfigError, check_choice, check_number
+from vae_lightning.nets.mlp import MLPDecoder
 
 Objective = Literal["elbo", "iwae"]
 Estimator = Literal["standard", "dreg"]
@@ -73,8 +74,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 def log_prior_over_posterior(eps: Tensor, z: Tensor, logvar: Tensor) -> Tensor:
     """log p(z) - log q(z | x) for z = mu + eps * sigma, diagonal Gaussians, per sample (...,); the
-    log(2 pi) terms cancel."""
-    return 0.5 * (eps.square() - z.square() + logvar).sum(-1)
+    log(2 pi) terms cancel. The squared norms as dot products: fewer passes over the draws."""
+    return 0.5 * (torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(z, z) + logvar.sum(-1))
 
 
 # ---------------------------------------------------------------------------------- the likelihood
@@ -89,8 +90,9 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
-    """z = mu + eps * sigma, with eps ~ N(0, I) of shape (..., B, L)."""
-    return mu + eps * torch.exp(0.5 * logvar)
+    """z = mu + eps * sigma, with eps ~ N(0, I) of shape (..., B, L); one fused pass (`addcmul`), which
+    evaluation's thousands of draws per image make worth it."""
+    return torch.addcmul(mu, eps, torch.exp(0.5 * logvar))
 
 
 def decode_draws(x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder) -> tuple[Tensor, Tensor]:
@@ -199,8 +201,63 @@ def softplus_sum(logits: Tensor) -> Tensor:
     return sums
 
 
+LogLikelihood = Callable[[Tensor, Tensor], Tensor]
+_BIAS_LIMIT = 60.0  # |b| below it: exp(b) is a normal float32, and exp(W h) underflowing to 0 loses < 1e-7 nats
+
+
+def fused_log_likelihood(decoder: nn.Module) -> LogLikelihood | None:
+    """For evaluation on a CPU: log p(x | z) of an `MLPDecoder`'s Bernoulli pixels in fewer passes over
+    the draws' logits, as a function (z (b, k, L), x (b, D)) -> (b, k); None where it does not apply
+    (gradients on, or not a CPU float32 `MLPDecoder`).
+
+    Evaluation decodes thousands of draws per image, so every pass over a (draws, 784) tensor counts:
+    - sum_d softplus(l_d) = sum_d log(1 + exp(W h)_d exp(b_d)), in place in the product W h: the output
+      layer's bias b enters as the factor exp(b) in the pass that adds 1 (`addcmul`), not as a copy of b
+      into every row before the product (an output layer with |b| >= 60 takes log(1 + exp(l)) instead);
+    - the data term sum_d x_d l_d = h . (W^T x) + b . x: per image one vector W^T x, then one product
+      with the last hidden layer h instead of a pass over the logits.
+    A draw whose sum is not finite (exp overflowed: a logit above ~88.7) has its logits computed again
+    and summed by `softplus_sum`. The result equals the plain path to float32 rounding
+    (tests/test_objectives.py; timed in docs/performance.md).
+    """
+    head = decoder.head if isinstance(decoder, MLPDecoder) else None
+    if (
+        head is None
+        or torch.is_grad_enabled()
+        or head.weight.device.type != "cpu"
+        or head.weight.dtype != torch.float32
+    ):
+        return None
+    weight, bias = head.weight, head.bias  # (D, H), (D,)
+    exp_bias = bias.exp() if bias.abs().max() < _BIAS_LIMIT else None
+    one = bias.new_ones(())
+
+    def softplus_sums(h: Tensor) -> Tensor:  # sum_d softplus(l_d) per row of h
+        if exp_bias is None:
+            return torch.addmm(bias, h, weight.T).exp_().add_(1.0).log_().sum(-1)
+        exp_wh = torch.mm(h, weight.T).exp_()
+        return torch.addcmul(one, exp_wh, exp_bias, out=exp_wh).log_().sum(-1)
+
+    def log_likelihood(z: Tensor, x: Tensor) -> Tensor:
+        h = decoder.body(z.reshape(-1, z.shape[-1]))  # (b * k, H)
+        softplus = softplus_sums(h)
+        overflowed = ~softplus.isfinite()
+        if overflowed.any():
+            softplus[overflowed] = softplus_sum(torch.addmm(bias, h[overflowed], weight.T))
+        data = torch.bmm(h.view(*z.shape[:2], -1), (x @ weight).unsqueeze(-1)).squeeze(-1)  # (b, k)
+        return data + (x @ bias).unsqueeze(-1) - softplus.view(z.shape[:2])
+
+    return log_likelihood
+
+
 def log_importance_weights(
-    x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, decoder: Decoder, chunk_size: int
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Tensor,
+    decoder: Decoder,
+    chunk_size: int,
+    log_likelihood: LogLikelihood | None = None,
 ) -> Tensor:
     """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k = mu + eps_k * sigma; shape (K, B).
 
@@ -213,23 +270,27 @@ def log_importance_weights(
         eps: standard-normal noise (K, B, L), one row of K samples per image.
         decoder: z (N, L) -> logits (N, 1, 28, 28).
         chunk_size: (sample, image) pairs per decoder call.
+        log_likelihood: (z (b, k, L), x (b, D)) -> log p(x | z) (b, k), in place of the decoder's logits and
+            `bernoulli_log_likelihood` (`fused_log_likelihood`).
     """
     num_samples, batch = eps.shape[:2]
     pixels = x.flatten(1)  # (B, D)
+    z = reparameterize(mu, logvar, eps)  # (K, B, L)
+    log_w = log_prior_over_posterior(eps, z, logvar)  # (K, B); log p(x | z) is added chunk by chunk
+    z, by_image = z.transpose(0, 1), log_w.T  # views (B, K, ...): a chunk's draws image-major
     image_step = min(batch, max(1, chunk_size // num_samples))
     sample_step = min(num_samples, max(1, chunk_size // image_step))
-    rows = []
     for b in range(0, batch, image_step):
         images = slice(b, b + image_step)
-        columns = []
         for k in range(0, num_samples, sample_step):  # splits the samples only when one image's K exceed a chunk
-            draws = eps[k : k + sample_step, images].transpose(0, 1)  # (b, k, L): image-major
-            z = reparameterize(mu[images, None], logvar[images, None], draws)
-            logits = decoder(z.flatten(0, 1)).view(*z.shape[:2], -1)  # (b, k, D)
-            log_px_z = bernoulli_log_likelihood(logits, pixels[images])
-            columns.append(log_px_z + log_prior_over_posterior(draws, z, logvar[images, None]))
-        rows.append(torch.cat(columns, dim=1))
-    return torch.cat(rows).T  # (K, B)
+            draws = slice(k, k + sample_step)
+            chunk = z[images, draws]  # (b, k, L)
+            if log_likelihood is None:
+                logits = decoder(chunk.flatten(0, 1)).view(*chunk.shape[:2], -1)  # (b, k, D)
+                by_image[images, draws] += bernoulli_log_likelihood(logits, pixels[images])
+            else:
+                by_image[images, draws] += log_likelihood(chunk, pixels[images])
+    return log_w
 
 
 class NLLEstimate(NamedTuple):
@@ -265,12 +326,14 @@ def importance_weighted_nll(
     Monte-Carlo variance.
 
     The samples come from `noise(block, n)` -> (n, B, L) in blocks of `block_size`, and at most
-    `chunk_size` (sample, image) pairs are decoded at once, so memory stays bounded whatever k is.
+    `chunk_size` (sample, image) pairs are decoded at once, so memory stays bounded whatever k is. On a
+    CPU without gradients an `MLPDecoder` goes through `fused_log_likelihood`.
     """
+    fused = fused_log_likelihood(decoder)
     log_w = torch.cat(
         [
             log_importance_weights(
-                x, mu, logvar, noise(block, min(block_size, num_samples - start)), decoder, chunk_size
+                x, mu, logvar, noise(block, min(block_size, num_samples - start)), decoder, chunk_size, fused
             )
             for block, start in enumerate(range(0, num_samples, block_size))
         ]
