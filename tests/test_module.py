@@ -11,6 +11,7 @@ import torch
 from builders import quiet_trainer, tiny_data, tiny_model
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from vae_lightning import MLPDecoder, MLPEncoder, MNISTDataModule, VAELitModule
 from vae_lightning.data.loaders import seeded_normal
@@ -98,6 +99,25 @@ def test_test_nll_per_image_does_not_depend_on_how_the_images_are_split_between_
         torch.set_num_threads(before)
     for one, split in zip(*estimates):
         torch.testing.assert_close(split, one, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_empty_test_batch_leaves_the_test_metrics_as_they_are(tmp_path, threads):
+    """Under DDP a rank's share of a last test batch smaller than the process count is empty: the test
+    metrics with it are those without it, on one thread or split between cores."""
+    m, before = tiny_model(nll_samples=300), torch.get_num_threads()
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    batch = images, torch.zeros(5, dtype=torch.long), torch.arange(5)
+    empty = tuple(t[:0] for t in batch)
+    try:
+        torch.set_num_threads(threads)
+        results = [  # batch_size=None: the loader yields the batches as they are
+            trainer(tmp_path).test(m, dataloaders=DataLoader(batches, batch_size=None), verbose=False)[0]
+            for batches in ([batch], [batch, empty])
+        ]
+    finally:
+        torch.set_num_threads(before)
+    assert results[1] == pytest.approx(results[0], rel=1e-6)
 
 
 def test_evaluation_numbers_do_not_depend_on_the_batch_size(tiny_mnist, tmp_path):

@@ -165,12 +165,12 @@ class VAELitModule(LightningModule):
                 x[part], mu[part], logvar[part], self.decoder, noise, self.nll_samples, self.nll_chunk_size
             )
 
-        cores = torch.get_num_threads() if x.device.type == "cpu" else 1
-        step = -(-len(x) // min(cores, len(x)))
-        if step == len(x):
+        parts = min(torch.get_num_threads() if x.device.type == "cpu" else 1, len(x))
+        if parts <= 1:  # one core, one image, or none (a rank's empty share of the last batch under DDP)
             return estimate(slice(None))
-        parts = map_one_core_each(estimate, [slice(start, start + step) for start in range(0, len(x), step)])
-        return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*parts)))
+        step = -(-len(x) // parts)
+        estimates = map_one_core_each(estimate, [slice(start, start + step) for start in range(0, len(x), step)])
+        return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*estimates)))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:

@@ -278,7 +278,7 @@ def log_importance_weights(
     z = reparameterize(mu, logvar, eps)  # (K, B, L)
     log_w = log_prior_over_posterior(eps, z, logvar)  # (K, B); log p(x | z) is added chunk by chunk
     z, by_image = z.transpose(0, 1), log_w.T  # views (B, K, ...): a chunk's draws image-major
-    image_step = min(batch, max(1, chunk_size // num_samples))
+    image_step = max(1, min(batch, chunk_size // num_samples))  # at least 1: a batch may hold no images
     sample_step = min(num_samples, max(1, chunk_size // image_step))
     for b in range(0, batch, image_step):
         images = slice(b, b + image_step)
