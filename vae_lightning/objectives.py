@@ -213,11 +213,11 @@ def fused_log_likelihood(decoder: nn.Module) -> LogLikelihood | None:
     Evaluation decodes thousands of draws per image, so every pass over a (draws, 784) tensor counts:
     - sum_d softplus(l_d) = sum_d log(1 + exp(W h)_d exp(b_d)), in place in the product W h: the output
       layer's bias b enters as the factor exp(b) in the pass that adds 1 (`addcmul`), not as a copy of b
-      into every row before the product (an output layer with |b| >= 60 takes log(1 + exp(l)) instead);
+      into every row before the product;
     - the data term sum_d x_d l_d = h . (W^T x) + b . x: per image one vector W^T x, then one product
       with the last hidden layer h instead of a pass over the logits.
-    A draw whose sum is not finite (exp overflowed: a logit above ~88.7) has its logits computed again
-    and summed by `softplus_sum`. The result equals the plain path to float32 rounding
+    A draw whose sum is not finite (exp overflowed) has its logits computed and summed by `softplus_sum`,
+    as are all draws of an output layer with |b| >= 60. The result equals the plain path to float32 rounding
     (tests/test_objectives.py; timed in docs/performance.md).
     """
     head = decoder.head if isinstance(decoder, MLPDecoder) else None
@@ -234,16 +234,17 @@ def fused_log_likelihood(decoder: nn.Module) -> LogLikelihood | None:
 
     def softplus_sums(h: Tensor) -> Tensor:  # sum_d softplus(l_d) per row of h
         if exp_bias is None:
-            return torch.addmm(bias, h, weight.T).exp_().add_(1.0).log_().sum(-1)
+            return softplus_sum(torch.addmm(bias, h, weight.T))
         exp_wh = torch.mm(h, weight.T).exp_()
-        return torch.addcmul(one, exp_wh, exp_bias, out=exp_wh).log_().sum(-1)
+        sums = torch.addcmul(one, exp_wh, exp_bias, out=exp_wh).log_().sum(-1)
+        overflowed = ~sums.isfinite()
+        if overflowed.any():
+            sums[overflowed] = softplus_sum(torch.addmm(bias, h[overflowed], weight.T))
+        return sums
 
     def log_likelihood(z: Tensor, x: Tensor) -> Tensor:
         h = decoder.body(z.reshape(-1, z.shape[-1]))  # (b * k, H)
         softplus = softplus_sums(h)
-        overflowed = ~softplus.isfinite()
-        if overflowed.any():
-            softplus[overflowed] = softplus_sum(torch.addmm(bias, h[overflowed], weight.T))
         data = torch.bmm(h.view(*z.shape[:2], -1), (x @ weight).unsqueeze(-1)).squeeze(-1)  # (b, k)
         return data + (x @ bias).unsqueeze(-1) - softplus.view(z.shape[:2])
 
