@@ -1,6 +1,6 @@
 """The rate-distortion sweep of `configs/sweeps/beta.yaml` on this machine, without W&B: every point a real fit.
 
-    python scripts/rate_distortion.py                              # the sweep's grid (about 15 min on 2 cores)
+    python scripts/rate_distortion.py                              # the sweep's grid (its time: docs/results)
     python scripts/rate_distortion.py --betas 0.1 1 10 --epochs 5  # a shorter one
 
 The grid is the sweep's: `model.kl_weight` (beta) x `model.latent_dim`, on the sweep's config. Each point runs
@@ -141,8 +141,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "rate_distortion")
     args = parser.parse_args()
+    for flag in ("epochs", "nll_samples", "jobs", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for path in (args.sweep, *args.config):
+        if not Path(path).is_file():
+            parser.error(f"no such file: {path}")
     configs, betas, latents = sweep_grid(args.sweep)
-    configs += args.config
+    configs += [str(Path(path).resolve()) for path in args.config]  # the fits run from the repository root
     grid = [(b, size) for size in (args.latents or latents) for b in (args.betas or betas)]
     start = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
