@@ -43,21 +43,19 @@ class LatentWriter(Callback):
         self.projector_points = check_int("predictions.projector_points", projector_points, minimum=0)
         self.last_path: Path | None = None
         self._rows: dict[str, list[torch.Tensor]] = {}
-        self._thumbnails = False  # collected this epoch: a projector and points asked for
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rows = {key: [] for key in (*KEYS, "image")}
-        self._thumbnails = bool(self.projector_points) and any(map(has_projector, trainer.loggers))
+        thumbnails = bool(self.projector_points) and any(map(has_projector, trainer.loggers))
+        self._rows = {key: [] for key in (*KEYS, *(["image"] if thumbnails else []))}  # images for a projector
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for key in KEYS:
             self._rows[key].append(outputs[key].detach())
-        if self._thumbnails:  # as bytes: a quarter of the memory of float pixels
+        if "image" in self._rows:  # as bytes: a quarter of the memory of float pixels
             self._rows["image"].append(batch[0].detach().mul(255).round().to(torch.uint8))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        parts = {key: parts for key, parts in self._rows.items() if parts}
-        rows = {key: gather_rows(pl_module, torch.cat(part)).cpu() for key, part in parts.items()}  # all ranks
+        rows = {key: gather_rows(pl_module, torch.cat(parts)).cpu() for key, parts in self._rows.items()}  # all ranks
         self._rows = {}
         order = rows["index"].argsort()
         rows = {key: value[order] for key, value in rows.items()}
