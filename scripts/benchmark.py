@@ -7,8 +7,8 @@ In one process, on one machine, with the same model (784-400-20-400-784 MLP), ba
       DataLoader, ToTensor, `.item()` every batch);
   (b) the package: `vae-lightning fit --config configs/vanilla.yaml` in-process through the CLI,
       with the experiments off, a stopwatch callback and the config's own logger (CSV); the
-      config trains with `train_matmul_precision: medium` (float32 matmuls on bfloat16 inputs), so
-      (b32), the same with `--model.train_matmul_precision highest`, shows the full-float32 speed;
+      config trains with `speed.train_matmul_precision: medium` (float32 matmuls on bfloat16 inputs), so
+      (b32), the same with `--speed.train_matmul_precision highest`, shows the full-float32 speed;
   (c) a float32 matrix-multiply probe: this machine's GEMM peak at full precision ("highest"), and
       at (b)'s training precision.
 
@@ -205,40 +205,51 @@ def package_args(args, workdir: Path, subcommand: str = "fit", config: Path = VA
 
 
 def config_precision() -> str:
-    """The vanilla config's resolved `model.train_matmul_precision` (null: torch's default, "highest")."""
+    """The vanilla config's resolved `speed.train_matmul_precision` (null: torch's default, "highest")."""
     from vae_lightning.cli import cli
 
-    model = cli(["--config", str(VANILLA_CONFIG)], run=False).model
-    return model.speed.train_matmul_precision or "highest"
+    speed = cli(["--config", str(VANILLA_CONFIG)], run=False).config_init.speed
+    return (speed.train_matmul_precision if speed is not None else None) or "highest"
 
 
 def run_package(args, workdir: Path, seed: int, precision: str | None = None) -> tuple[list[dict], float, str]:
     """One `fit`; `precision` overrides the config's `train_matmul_precision`."""
     from vae_lightning.cli import cli
 
-    extra = ["--model.train_matmul_precision", precision] if precision else []
+    extra = ["--speed.train_matmul_precision", precision] if precision else []
     done = cli(
         package_args(args, workdir) + ["--trainer.max_epochs", str(args.epochs), "--seed_everything", str(seed), *extra]
     )
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
     loss = float(done.trainer.callback_metrics["train/loss_epoch"])
-    last = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
-    return watch.epochs, loss, str(last)
+    return watch.epochs, loss, last_checkpoint(done.trainer)
+
+
+def last_checkpoint(trainer) -> str:
+    """The run's last.ckpt (the CLI's `last_checkpoint` piece)."""
+    return next(
+        str(Path(cb.dirpath) / "last.ckpt") for cb in trainer.callbacks if type(cb).__name__ == "LastCheckpoint"
+    )
+
+
+def likelihood_of(trainer):
+    return next(cb for cb in trainer.callbacks if type(cb).__name__ == "TestLikelihood")
 
 
 def run_nll(args, workdir: Path, checkpoint: str) -> dict:
     from vae_lightning.cli import cli
 
     done = cli(
-        package_args(args, workdir, "test") + ["--ckpt_path", checkpoint, "--model.nll_samples", str(args.nll_samples)]
+        package_args(args, workdir, "test")
+        + ["--ckpt_path", checkpoint, "--test_likelihood.samples", str(args.nll_samples)]
     )
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
-    model = done.trainer.lightning_module
+    likelihood = likelihood_of(done.trainer)
     return {
         **watch.test,
-        "k": model.nll_samples,
+        "k": likelihood.samples,
         "images": watch.test_images,
-        "chunk_size": model.nll_chunk_size,
+        "chunk_size": likelihood.chunk_size,
         "test_nll": float(done.trainer.callback_metrics["test/nll"]),
     }
 
@@ -254,21 +265,21 @@ def run_paper_nll(args, workdir: Path, gemm: dict) -> dict:
             package_args(args, workdir, config=PAPER_CONFIG)
             + ["--trainer.max_epochs", str(args.epochs), "--trainer.limit_train_batches", "50"]
         )
-        checkpoint = next(cb.path for cb in done.trainer.callbacks if type(cb).__name__ == "LastCheckpoint")
+        checkpoint = last_checkpoint(done.trainer)
     done = cli(
         package_args(args, workdir, "test", config=PAPER_CONFIG)
-        + ["--ckpt_path", str(checkpoint), "--model.nll_samples", str(args.paper_nll_samples)]
+        + ["--ckpt_path", str(checkpoint), "--test_likelihood.samples", str(args.paper_nll_samples)]
     )
     watch = next(cb for cb in done.trainer.callbacks if type(cb).__name__ == "Stopwatch")
-    model, metrics = done.trainer.lightning_module, done.trainer.callback_metrics
-    flops = decode_flops(PAPER_DECODER_LAYERS) * model.nll_samples * watch.test_images
+    likelihood, metrics = likelihood_of(done.trainer), done.trainer.callback_metrics
+    flops = decode_flops(PAPER_DECODER_LAYERS) * likelihood.samples * watch.test_images
     roofline_s = flops / (gemm["gflops"] * 1e9)
     return {
         **watch.test,
         "checkpoint": str(checkpoint),
-        "k": model.nll_samples,
+        "k": likelihood.samples,
         "images": watch.test_images,
-        "chunk_size": model.nll_chunk_size,
+        "chunk_size": likelihood.chunk_size,
         "test_nll": float(metrics["test/nll"]),
         "test_nll_mc_se": float(metrics["test/nll_mc_se"]),
         "decoder_gflop": flops / 1e9,
@@ -392,7 +403,7 @@ def main() -> None:
     parser.add_argument(
         "--skip-full-precision",
         action="store_true",
-        help="leave out (b32), the package at train_matmul_precision highest",
+        help="leave out (b32), the package at speed.train_matmul_precision highest",
     )
     parser.add_argument("--nll-samples", type=int, default=1000, help="k for the test/nll timing; 0 skips it")
     parser.add_argument("--paper-nll", action="store_true", help="time (d), the paper model's test/nll, alone")

@@ -29,7 +29,7 @@ from common import REPO, command, config_args, latest_version, logged_metrics, m
 # The dry run: every step on the CPU with a few batches, so a test can run the script end to end in minutes.
 TINY = [
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
-    "--trainer.limit_test_batches", "2", "--model.nll_samples", "8",
+    "--trainer.limit_test_batches", "2", "--test_likelihood.samples", "8",
 ]  # fmt: skip
 
 

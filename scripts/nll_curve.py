@@ -63,7 +63,7 @@ def main() -> None:
             name = f"e{epoch:04d}_k{k}"
             arguments = [command("vae-lightning"), "test", *(a for c in args.config for a in ("--config", c))]
             arguments += ["--ckpt_path", str(path)]
-            arguments += ["--model.nll_samples", str(k), "--trainer.enable_progress_bar", "false"]
+            arguments += ["--test_likelihood.samples", str(k), "--trainer.enable_progress_bar", "false"]
             arguments += ["--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
             arguments += ["--data.data_dir", args.data_dir] if args.data_dir else []
             seconds = run(arguments, logs / f"{name}.log")

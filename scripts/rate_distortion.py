@@ -55,7 +55,7 @@ def one_point(configs: list[str], beta: float, latents: int, args, workdir: Path
     fit_dir = latest_version(folder / "run")
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     test = [command("vae-lightning"), "test", *settings]
-    test += ["--ckpt_path", str(checkpoint), "--model.nll_samples", str(args.nll_samples)]
+    test += ["--ckpt_path", str(checkpoint), "--test_likelihood.samples", str(args.nll_samples)]
     run(test, folder / "test.log", env=env)
     tested = logged_metrics(latest_version(folder / "run"))
     experiments = [

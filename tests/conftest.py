@@ -81,7 +81,7 @@ def tiny_config(tiny_mnist, tmp_path: Path) -> Path:
             "enable_progress_bar": False,
             "enable_model_summary": False,
         },
-        "model": {"nll_samples": 8},
+        "test_likelihood": {"samples": 8},
         "data": {
             "data_dir": str(data_dir),
             "checksums": checksums,

@@ -91,3 +91,19 @@ class InterruptAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class FlushProbe(Callback):
+    """Prints whether every thread of torch's CPU pool flushes subnormals while the run trains."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from vae_lightning.callbacks.speed import subnormals_flushed
+
+        print(f"every thread flushes subnormals: {subnormals_flushed(every_thread=True)}", flush=True)
+
+
+class DivideByZero(Callback):
+    """A bug in a callback: divides by zero at the first training batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        print(1 / 0)

@@ -1,4 +1,4 @@
-"""The digit classifier behind the "clear digit" measures: quality on real MNIST, caching."""
+"""The digit classifier behind the "clear digit" measures: quality on real MNIST, caching on disk and in memory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from conftest import make_tiny_mnist
 from torchvision.datasets import MNIST
 
+from vae_lightning.experiments import digit_classifier
 from vae_lightning.experiments.classifier import NO_DIGIT, cached_classifier, judge, synthetic_non_digits
 
 
@@ -55,6 +56,20 @@ def test_the_classifier_is_trained_once_and_cached(tmp_path):
     rebuilt, _ = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
     assert torch.load(path, weights_only=True)["report"]["test_accuracy"] >= 0
     assert judge(rebuilt, probe).probs.shape == (4, NO_DIGIT + 1)
+
+
+def test_the_experiments_classifier_is_trained_once_per_data_dir_then_loaded(tmp_path):
+    make_tiny_mnist(tmp_path / "data")
+    data_dir = str(tmp_path / "data")
+    classifier, report = digit_classifier(data_dir)
+    assert digit_classifier(data_dir)[0] is classifier  # kept in memory for the process
+    (path,) = (tmp_path / "data" / "classifiers").iterdir()  # and cached beside the data
+    stamp = path.stat().st_mtime_ns
+    digit_classifier.cache_clear()  # a new process: loaded from the cache, not trained again
+    again, again_report = digit_classifier(data_dir)
+    assert again is not classifier and again_report == report and path.stat().st_mtime_ns == stamp
+    probe = torch.rand(4, 1, 28, 28)
+    assert torch.equal(judge(classifier, probe).probs, judge(again, probe).probs)
 
 
 def test_synthetic_non_digits_are_images_in_range():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Trainer
 
 from vae_lightning.data import MNISTDataModule
@@ -152,17 +153,36 @@ def test_the_global_batch_size_must_divide_across_processes(tiny_mnist):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "match"),
+    ("argument", "match"),
     [
-        ("batch_size", 0, "data.batch_size must be a positive integer"),
-        ("val_size", -5, "data.val_size must be an integer >= 0"),
-        ("eval_batch_size", 0, "data.eval_batch_size must be a positive integer"),
-        ("binarize", "sometimes", "data.binarize must be"),
+        ("--data.batch_size=0", "data.batch_size"),
+        ("--data.val_size=-5", "data.val_size"),
+        ("--data.eval_batch_size=0", "data.eval_batch_size"),
+        ("--data.binarize=sometimes", "data.binarize"),
+        ("--data.predict_split=all", "data.predict_split"),
     ],
 )
-def test_bad_sizes_and_modes_are_refused_at_construction(tiny_mnist, field, value, match):
-    with pytest.raises(ConfigError, match=match):
-        MNISTDataModule(data_dir=str(tiny_mnist[0]), **{field: value})
+def test_bad_sizes_and_modes_are_refused_by_the_parser_naming_the_key(argument, match):
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(MNISTDataModule, "data")
+    with pytest.raises(ArgumentError, match=f'key "{match}"'):
+        parser.parse_args([argument])
+
+
+def test_hyperparameters_from_the_parser_are_plain_values_a_checkpoint_can_hold(tiny_mnist, tmp_path):
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(MNISTDataModule, "data")
+    config = parser.parse_args([f"--data.data_dir={tiny_mnist[0]}", "--data.batch_size=20", "--data.val_size=50"])
+    dm = MNISTDataModule(**config.data)
+    assert type(config.data.batch_size) is not int  # jsonargparse's PositiveInt ...
+    assert {type(dm.hparams[k]) for k in ("batch_size", "val_size", "eval_batch_size")} == {int}  # ... stored as int
+    torch.save(dict(dm.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["batch_size"] == 20
+
+
+def test_predict_on_an_empty_validation_split_is_refused(tiny_mnist):
+    with pytest.raises(ConfigError, match="data.predict_split: val holds no images with data.val_size: 0"):
+        MNISTDataModule(data_dir=str(tiny_mnist[0]), val_size=0, predict_split="val")
 
 
 def test_a_validation_split_as_large_as_the_training_set_is_refused(tiny_mnist):
@@ -175,7 +195,7 @@ def test_setup_refuses_unverified_files(tiny_mnist):
     labels = data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-3])
     dm = MNISTDataModule(data_dir=str(data_dir), checksums=checksums, download=False, val_size=50)
-    with pytest.raises(ConfigError, match="t10k-labels-idx1-ubyte altered"):
+    with pytest.raises(ConfigError, match="t10k-labels-idx1-ubyte fails its SHA-256 check .* prepare_data"):
         dm.setup("fit")
 
 

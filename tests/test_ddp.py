@@ -57,16 +57,7 @@ def test_a_two_process_fit_gathers_experiments_and_two_processes_test_and_predic
     base = ["--config", CONFIGS / "two_latent.yaml", "--config", tiny_config]
     experiments = tmp_path / "experiments.yaml"  # two experiments that gather the test posterior across ranks
     experiments.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "callbacks": [
-                        {"class_path": "vae_lightning.experiments.LatentScatter"},
-                        {"class_path": "vae_lightning.experiments.EpsilonSweep"},
-                    ]
-                }
-            }
-        )
+        yaml.safe_dump({"experiments": {"names": ["latent_scatter", "epsilon_sweep"], "every_n_epochs": 1}})
     )
     out = cli_subprocess(
         [

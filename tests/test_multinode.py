@@ -124,7 +124,7 @@ def test_a_killed_node_stops_the_other_with_one_line_and_both_resume_from_last(t
     (zero, out_zero), (one, _) = torchrun_nodes([*run, "--config", kill], tmp_path, timeout=180)
     assert one != 0 and zero == 1, out_zero[-3000:]  # node 0: stopped, not crashed, not hanging
     (line,) = errors(out_zero)
-    assert line.startswith("vae-lightning: stopped: another process of this distributed run is gone (")
+    assert line.startswith("vae-lightning: stopped: another process of this distributed run is gone or stopped")
     assert "--ckpt_path last" in line
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6  # the last one written before the loss
@@ -167,11 +167,9 @@ def test_an_unreachable_rendezvous_is_named_within_a_bounded_wait(tiny_config, t
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert done.returncode == 2
-    assert errors(done.stderr) == [
-        f"vae-lightning: error: cannot reach the rendezvous at 127.0.0.1:{port} (no answer in 5 s): start the node "
-        "of rank 0 (it hosts it) and check that this node reaches that address and port (MASTER_ADDR and "
-        "MASTER_PORT: torchrun --master-addr and --master-port)."
-    ]
+    (line,) = errors(done.stderr)
+    assert line.startswith(f"vae-lightning: error: cannot reach the rendezvous at 127.0.0.1:{port} (")
+    assert "(MASTER_ADDR and MASTER_PORT: torchrun --master-addr and --master-port)." in line
 
 
 @pytest.mark.parametrize(

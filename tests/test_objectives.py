@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from vae_lightning.callbacks.speed import subnormals_flushed
 from vae_lightning.nets import ConvDecoder, MLPDecoder
 from vae_lightning.objectives import (
     bernoulli_log_likelihood,
@@ -22,7 +23,6 @@ from vae_lightning.objectives import (
     monte_carlo_variance,
     softplus_sum,
 )
-from vae_lightning.speed import set_flush_subnormals, subnormals_flushed
 
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
@@ -115,9 +115,10 @@ def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
     """exp(-95) is subnormal, zero where subnormals are flushed (as evaluation runs): a bias below -60 is
     added before exp, so logits near -7 from W h near 88 still count (about 1e-3 nats per pixel)."""
     decoder = MLPDecoder(latent_dim=1, hidden_dims=()).eval()
-    flushed = subnormals_flushed()
+    flushed, threads = subnormals_flushed(), torch.get_num_threads()
     try:
-        set_flush_subnormals(True)
+        torch.set_num_threads(1)  # this thread alone, where the flushing set here holds
+        torch.set_flush_denormal(True)
         with torch.no_grad():
             decoder.head.weight.fill_(1.0)
             decoder.head.bias.fill_(-95.0)
@@ -126,7 +127,8 @@ def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
             got = fused_log_likelihood(decoder)(z, x)
             logits = decoder(z.flatten(0, 1)).double().view(3, 20, 1, 28, 28)
     finally:
-        set_flush_subnormals(flushed)
+        torch.set_flush_denormal(flushed)
+        torch.set_num_threads(threads)
     expected = -bernoulli_nll(logits, x.double().view(3, 1, 1, 28, 28))
     assert (expected < -0.5).all()  # 784 pixels at ~1e-3 nats each
     torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-4)

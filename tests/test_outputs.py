@@ -104,7 +104,7 @@ def test_resuming_may_change_epochs_log_cadence_and_evaluation_samples(run_cli, 
     run_cli("fit", *TWO, "--config", tiny_config, *ONE_EPOCH)
     resumed = run_cli(
         "fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "2", "--ckpt_path", "last",
-        "--trainer.log_every_n_steps", "2", "--model.nll_samples", "4",
+        "--trainer.log_every_n_steps", "2", "--test_likelihood.samples", "4",
     )  # fmt: skip
     assert resumed.trainer.state.finished and resumed.trainer.current_epoch == 2
 

@@ -18,8 +18,12 @@ def experiments_piece(tmp_path: Path) -> Path:
             {
                 "trainer": {
                     "logger": {"init_args": {"save_dir": str(tmp_path / "logs"), "group": "tests", "tags": ["tiny"]}},
-                    "callbacks": [{"class_path": "vae_lightning.experiments.LatentManifold", "init_args": {"grid": 5}}],
-                }
+                },
+                "experiments": {
+                    "names": ["latent_manifold"],
+                    "every_n_epochs": 1,
+                    "options": {"latent_manifold": {"grid": 5}},
+                },
             }
         )
     )

@@ -1,102 +1,18 @@
-"""Checkpoints that survive faults: atomic writes, an always-current last.ckpt, checked reads."""
+"""Checkpoints as inputs: a `--ckpt_path` checked before Lightning loads it, found by `last`/`best` across runs,
+and compared with the data and model of the run that continues from it. Nothing in a checkpoint runs as code."""
 
 from __future__ import annotations
 
-import io
-import logging
 import math
 import os
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from vae_lightning.atomic import atomic_path
-from vae_lightning.distributed import attached_trainer
-from vae_lightning.errors import ConfigError, check_int
-from vae_lightning.runs import run_dir
-
-log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training met a non-finite loss (with model.nonfinite: stop)."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written; the previous file at that path is untouched."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, syncs it, then renames it into place.
-
-    A full disk or an unwritable folder raises `CheckpointWriteError` naming the file, and the
-    previous checkpoint at that path stays intact (a rename either happens whole or not at all).
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        target = Path(path)
-        buffer = io.BytesIO()  # serialised in memory first: torch.save's zip writer turns a failed file
-        torch.save(checkpoint, buffer)  # write (e.g. a full disk) into a RuntimeError without the OS's reason
-        try:
-            with atomic_path(target) as tmp, open(tmp, "wb") as out:
-                out.write(buffer.getbuffer())
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as err:
-            kept = f"the previous {target.name} is intact" if target.exists() else "no earlier file was there"
-            raise CheckpointWriteError(
-                f"could not write checkpoint {target}: {err.strerror or err} ({kept}). "
-                f"Free disk space or make {target.parent} writable, then resume with --ckpt_path last."
-            ) from err
-
-
-class LastCheckpoint(Callback):
-    """Keeps `<run dir>/checkpoints/last.ckpt` (beside the best checkpoint) the latest state of training.
-
-    Rewritten at the end of every training epoch (after its validation), on Ctrl-C, and, when
-    `every_n_train_steps` > 0, every that many optimizer steps, so a killed run loses at most the
-    steps since then. Resume with `vae-lightning fit --config ... --ckpt_path last`.
-
-    Args:
-        every_n_train_steps: also save every this many steps (0: only at epoch ends).
-        dirpath: folder for last.ckpt; default the run's `checkpoints` folder.
-    """
-
-    def __init__(self, every_n_train_steps: int = 0, dirpath: str | None = None) -> None:
-        self.every_n_train_steps = check_int("last_checkpoint.every_n_train_steps", every_n_train_steps, minimum=0)
-        self.dirpath = dirpath
-        self.path: Path | None = None
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":  # every rank: run_dir broadcasts
-            folder = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "checkpoints"
-            self.path = folder / "last.ckpt"
-
-    def _save(self, trainer: Trainer) -> None:
-        if self.path is not None and not trainer.sanity_checking and not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state; collective
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
-            self._save(trainer)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._save(trainer)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Ctrl-C while training: save the state reached (the steps since the last save are kept)."""
-        if isinstance(exception, KeyboardInterrupt) and trainer.training and self.path is not None:
-            self._save(trainer)
-            # the CLI reads it off the interrupt to say where to resume from (Lightning then exits with status 1)
-            exception.saved_checkpoint = f"{self.path} (global step {trainer.global_step})"
+from vae_lightning.errors import ConfigError
 
 
 def peek(path: str | os.PathLike) -> Any:
@@ -241,29 +157,10 @@ def _score(path: Path) -> float:
     return math.inf
 
 
-def check_finite_validation(module: LightningModule, means: dict[str, float]) -> None:
-    """Stop a run whose validation means are not finite, before a checkpoint callback keeps them as its best."""
-    bad = {name: value for name, value in means.items() if not math.isfinite(value)}
-    if bad:
-        raise NonFiniteLossError(
-            f"validation after epoch {module.current_epoch} gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
-            f"stopped before a checkpoint recorded it. Last good checkpoint: {last_good_checkpoint(module.trainer)}. "
-            "Lower the learning rate, or look for inputs the networks cannot handle."
-        )
-
-
-def last_good_checkpoint(trainer: Trainer) -> str:
-    """This run's last.ckpt (its latest state), else its best checkpoint, else a note that there is none."""
-    for attribute in ("path", "best_model_path"):  # LastCheckpoint.path, then ModelCheckpoint.best_model_path
-        for callback in trainer.callbacks:
-            path = getattr(callback, attribute, None)
-            if path and Path(path).is_file():
-                return str(path)
-    return "none written yet in this run"
-
-
-def check_architecture(module: nn.Module, checkpoint: dict) -> None:
-    """Raise ConfigError when a checkpoint's weights do not fit `module`, naming each difference."""
+def check_architecture(module: nn.Module, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose weights do not fit `module` (the model the config builds), naming each
+    difference, before Lightning loads them."""
+    checkpoint = peek(path)
     saved, own = checkpoint.get("state_dict", {}), module.state_dict()
     problems = [
         f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
@@ -290,78 +187,4 @@ def check_architecture(module: nn.Module, checkpoint: dict) -> None:
         + (f" ({'; '.join(differences)})" if differences else "")
         + f": {'; '.join(problems[:8])}. Use the config the checkpoint was trained with (its config.yaml), "
         "or load it without a config: VAELitModule.load_from_checkpoint(path)."
-    )
-
-
-def save_random_states(module: LightningModule, checkpoint: dict) -> None:
-    """Put every rank's random state (the reparameterisation noise) into `checkpoint["rng_states"]`, so a
-    resumed run continues exactly (data order and binarization are functions of (seed, epoch, batch)).
-    Under DDP every rank calls it: the states are all-gathered, (world, ...) each."""
-    states = {"cpu": torch.get_rng_state()}
-    if module.device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(module.device)
-    trainer = attached_trainer(module)
-    if trainer is not None and trainer.world_size > 1:
-        checkpoint["rng_states"] = {k: module.all_gather(v.to(module.device)).cpu() for k, v in states.items()}
-    else:
-        checkpoint["rng_states"] = {k: v.unsqueeze(0) for k, v in states.items()}
-
-
-def restore_random_states(module: LightningModule, checkpoint: dict) -> None:
-    """Restore this rank's random state from `checkpoint["rng_states"]` when the process count matches."""
-    states = checkpoint.get("rng_states")
-    trainer = attached_trainer(module)
-    if states is None or trainer is None:
-        return
-    rank, world = trainer.global_rank, trainer.world_size
-    if len(states["cpu"]) != world:
-        rank_zero_warn(
-            f"checkpoint saved by {len(states['cpu'])} processes, resumed by {world}: the noise streams "
-            "start afresh, so the run will not repeat an uninterrupted one exactly."
-        )
-        return
-    torch.set_rng_state(
-        states["cpu"][rank].clone()
-    )  # .clone(): a state that is a view of a larger tensor crashes torch
-    if "cuda" in states and module.device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"][rank].clone(), module.device)
-
-
-# Under `nonfinite: skip`, a run stops once more than this share of an epoch's training batches were skipped:
-# it is not learning from its data any more, and its checkpoints would only record that.
-SKIP_LIMIT = 0.5
-
-
-def nonfinite_step(module: LightningModule, means: Tensor, names: Sequence[str], batch_idx: int, policy: str) -> bool:
-    """Whether this training step's loss (`means[0]`, the batch means of `names`) is not finite on any rank
-    (every rank agrees).
-
-    Under `policy` "skip" it warns and returns True (the step must not update the weights), counting the
-    skips in `module.skipped_steps` (the module resets it every epoch) and raising NonFiniteLossError past
-    `SKIP_LIMIT`; under "stop" it raises NonFiniteLossError naming the step, the batch and the last good
-    checkpoint.
-    """
-    trainer = module.trainer
-    bad = not math.isfinite(means[0].item())
-    if trainer.world_size > 1:
-        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-    if not bad:
-        return False
-    values = ", ".join(f"{name}={value:.4g}" for name, value in zip(names, means.tolist()))
-    where = f"global step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx} of the epoch; {values})"
-    if policy == "skip":
-        rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (model.nonfinite: skip).")
-        module.skipped_steps += 1
-        skipped = module.skipped_steps
-        batches = trainer.num_training_batches
-        if skipped > SKIP_LIMIT * batches:
-            raise NonFiniteLossError(
-                f"{skipped} of this epoch's {batches} training batches gave a non-finite loss, more than "
-                f"model.nonfinite: skip allows ({SKIP_LIMIT:.0%}); stopped at {where}. Last good checkpoint: "
-                f"{last_good_checkpoint(trainer)}. Lower the learning rate, or look for bad data."
-            )
-        return True
-    raise NonFiniteLossError(
-        f"non-finite loss at {where}; stopped before it could update the weights. Last good checkpoint: "
-        f"{last_good_checkpoint(trainer)}. Lower the learning rate, or set model.nonfinite: skip to skip such batches."
     )

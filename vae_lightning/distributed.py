@@ -4,21 +4,16 @@ process counts checked against the Trainer's; a lost peer told apart from a bug.
 from __future__ import annotations
 
 import os
-import re
+import traceback
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
+from torch.distributed import DistStoreError
 
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, RunStopped, first_line
 
-# What torch's gloo and NCCL backends say when another process of the group died or stopped answering.
-_PEER_LOST = re.compile(
-    r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting \d+ms"
-    r"|Watchdog caught collective operation timeout|NCCL communicator was aborted|remote process exited",
-)
-# ... and when this process cannot reach the rendezvous (the TCP store on the node of rank 0).
-_UNREACHABLE = re.compile(r"timed out after (\d+)ms while trying to connect to \(([^,]+), (\d+)\)")
+TORCH_DISTRIBUTED = os.path.dirname(torch.distributed.__file__)  # where torch's collectives are called
 
 
 def attached_trainer(module: LightningModule) -> Trainer | None:
@@ -89,29 +84,28 @@ def check_launch(num_nodes: int, devices: object, environ: dict[str, str] | None
     )
 
 
-def distributed_failure(err: BaseException) -> tuple[int, str] | None:
-    """(exit status, one line) for a distributed run that could not reach its rendezvous (2: a setting to fix)
-    or stopped because another of its processes died or stopped answering (1: a node lost, killed, out of
-    memory); None for any other error."""
+def distributed_failure(err: BaseException) -> Exception | None:
+    """What a distributed run that failed in torch.distributed says, by where the error arose: while joining the
+    process group (`init_process_group`: a rendezvous nobody answered), a setting to fix (ConfigError); in a
+    collective later (a `DistError`, or gloo's RuntimeError), a peer gone or silent (RunStopped); None for any
+    other error."""
     link: BaseException | None = err
-    while link is not None:
-        if isinstance(link, (RuntimeError, torch.distributed.DistError)):
-            text = str(link)
-            unreachable = _UNREACHABLE.search(text)
-            if unreachable:
-                ms, host, port = unreachable.groups()
-                return 2, (
-                    f"cannot reach the rendezvous at {host}:{port} (no answer in {int(ms) / 1000:g} s): start the "
-                    "node of rank 0 (it hosts it) and check that this node reaches that address and port "
-                    "(MASTER_ADDR and MASTER_PORT: torchrun --master-addr and --master-port)."
+    seen: list[BaseException] = []
+    while link is not None and link not in seen:
+        seen.append(link)
+        frames = traceback.extract_tb(link.__traceback__)
+        in_torch_distributed = bool(frames) and frames[-1].filename.startswith(TORCH_DISTRIBUTED)
+        if isinstance(link, torch.distributed.DistError) or (isinstance(link, RuntimeError) and in_torch_distributed):
+            if "init_process_group" in {frame.name for frame in frames} or isinstance(link, DistStoreError):
+                where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+                return ConfigError(
+                    f"cannot reach the rendezvous at {where} ({first_line(link)[:160]}): start the node of rank 0 "
+                    "(it hosts it) and check that this node reaches that address and port (MASTER_ADDR and "
+                    "MASTER_PORT: torchrun --master-addr and --master-port)."
                 )
-            found = _PEER_LOST.search(text)
-            if found:
-                detail = next(line for line in text.splitlines() if found.group(0) in line)
-                detail = re.sub(r"^\[[^\]]*\] ?", "", detail.strip()).split(". ")[0][:200]  # gloo's file:line first
-                return 1, (
-                    f"another process of this distributed run is gone ({detail}): see its node's log; then "
-                    "start every node again with --ckpt_path last to resume."
-                )
+            return RunStopped(
+                f"another process of this distributed run is gone or stopped answering ({first_line(link)[:200]}): "
+                "see its node's log; then start every node again with --ckpt_path last to resume."
+            )
         link = link.__cause__ or link.__context__
     return None

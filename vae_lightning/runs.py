@@ -8,9 +8,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from lightning.pytorch import Trainer
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
 
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import ConfigError, attributed
 
 
 def logger_root(trainer: Trainer) -> Path:
@@ -57,7 +59,15 @@ def check_writable(path: str | os.PathLike, field: str) -> Path:
     """Refuse a folder that cannot be created or written (creating nothing): the folder itself when it
     exists, else its nearest existing ancestor, must be a folder this process can create a file in."""
     path = Path(path)
-    existing = first_existing(path)
+    with attributed(field, "shorten or fix the path"):  # e.g. a part over the filesystem's 255 bytes
+        existing = first_existing(path)
+    limit = os.pathconf(existing, "PC_NAME_MAX") if existing.is_dir() else 255
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > limit]
+    if too_long:
+        raise ConfigError(
+            f"{field}: {too_long[0][:40]!r}... is {len(os.fsencode(too_long[0]))} bytes long, and each part of a "
+            f"path in {existing} holds at most {limit}: shorten it."
+        )
     if not existing.is_dir():
         inside = "" if existing == Path(os.path.abspath(path)) else f", so {str(path)!r} cannot be a folder"
         raise ConfigError(f"{field}: {str(existing)!r} is a file, not a folder{inside}: choose another.")
@@ -115,3 +125,22 @@ def remove_if_unused(folder: Path) -> None:
         for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         folder.rmdir()
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Writes config.yaml to the log dir (LightningCLI's behaviour) and to the run's own folder when that differs
+    (W&B shares its log dir between runs), and logs the full resolved config to every logger, so a W&B run
+    carries it under `config`."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # every rank: both read broadcasts (save_config below runs on rank 0 alone, so it must not)
+        self.run_folder, self.log_folder = run_dir(trainer), Path(trainer.log_dir or "")
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:  # rank 0 only
+        if self.log_folder != self.run_folder:
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, self.run_folder / self.config_filename, skip_none=False, overwrite=True)
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": resolved})

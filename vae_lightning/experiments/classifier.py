@@ -14,6 +14,8 @@ how often it rejects fresh synthetic non-digits.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import time
@@ -23,6 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.datasets import MNIST
+
+from vae_lightning.atomic import save_atomically
+from vae_lightning.data.files import user_cache_dir
+from vae_lightning.errors import ConfigError
+from vae_lightning.runs import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +169,11 @@ def _train(images, labels, test_images, test_labels, epochs, batch_size, seed):
 def cache_dirs(data_dir: str | os.PathLike) -> list[Path]:
     """Where the classifier of the MNIST files in `data_dir` is looked for, in order: beside the data, then
     the user cache dir; it is written to the first of them that is writable."""
-    from vae_lightning.data.files import user_cache_dir
-
     return [Path(data_dir) / "classifiers", user_cache_dir() / "classifiers"]
 
 
 def writable_cache_dir(data_dir: str | os.PathLike) -> Path:
     """The first of `cache_dirs(data_dir)` a new classifier can be written to, or a ConfigError naming them."""
-    from vae_lightning.errors import ConfigError
-    from vae_lightning.runs import check_writable
-
     reasons = []
     for folder in cache_dirs(data_dir):
         try:
@@ -193,8 +196,6 @@ def cached_classifier(
     data_dir: str | os.PathLike, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor
 ) -> tuple[DigitClassifier, dict[str, float]]:
     """Load the classifier trained on exactly these images from `cache_dirs(data_dir)`, or train and cache it."""
-    import hashlib
-
     digest = hashlib.sha256(images.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
     name = f"digits-{VERSION}-{digest}.pt"
     for path in (folder / name for folder in cache_dirs(data_dir)):
@@ -217,7 +218,13 @@ def cached_classifier(
         report["test_clear"],
         report["noise_rejected"],
     )
-    from vae_lightning.atomic import save_atomically
-
     save_atomically({"state_dict": classifier.state_dict(), "report": report}, path)
     return classifier, report
+
+
+@functools.lru_cache(maxsize=4)
+def digit_classifier(data_dir: str) -> tuple[DigitClassifier, dict[str, float]]:
+    """The digit classifier of the MNIST files in `data_dir` and its report: loaded from its cache, else trained
+    there once; kept in memory for the process."""
+    train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
+    return cached_classifier(data_dir, train.data, train.targets, test.data, test.targets)

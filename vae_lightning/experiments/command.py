@@ -4,8 +4,8 @@
 
 Writes `<output_dir>/<experiment>.png` for each experiment and `<output_dir>/measures.json` with every
 number, its definition, the checkpoint it came from (path and SHA-256), the model, the data mode and the
-digit classifier's own scores. Options of
-each experiment are `--<experiment>.<option>`, e.g. `--latent_traversal.dims [0,1]`.
+digit classifier's own scores. Options of each experiment are `--<experiment>.<option>`, e.g.
+`--latent_traversal.dims [0,1]`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,11 +22,12 @@ from jsonargparse import ArgumentParser
 from vae_lightning.atomic import atomic_path
 from vae_lightning.checkpointing import check_checkpoint_file, provenance
 from vae_lightning.data import MNISTDataModule
-from vae_lightning.errors import ConfigError, explain
-from vae_lightning.experiments.callbacks import EXPERIMENTS, Experiment, ExperimentData, digit_classifier
-from vae_lightning.experiments.classifier import CLEAR_THRESHOLD
+from vae_lightning.errors import ConfigError, attributed, run_command
+from vae_lightning.experiments.base import Experiment, ExperimentData
+from vae_lightning.experiments.classifier import CLEAR_THRESHOLD, digit_classifier
 from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
 from vae_lightning.experiments.figures import write_png
+from vae_lightning.experiments.registry import EXPERIMENTS
 from vae_lightning.module import VAELitModule
 from vae_lightning.runs import refuse_earlier_outputs
 
@@ -38,13 +37,9 @@ log = logging.getLogger(__name__)
 def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
     """The model of a checkpoint (no code runs on load) and the checkpoint's other contents."""
     path = check_checkpoint_file(ckpt_path)  # missing, truncated, corrupted or code-carrying: refused by name
-    try:
+    with attributed(f"--ckpt_path {str(path)!r}", "point it at a checkpoint written by `vae-lightning fit`"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise ConfigError(
-            f"--ckpt_path {str(path)!r} could not be loaded as a vae-lightning checkpoint: {err}"
-        ) from err
     return model.eval(), checkpoint
 
 
@@ -89,7 +84,8 @@ def run_experiments(
     model, checkpoint = load_model(ckpt_path, resolve_device(device))
     data_hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
     data_hparams.update(download=download, **({"data_dir": data_dir} if data_dir is not None else {}))
-    datamodule = MNISTDataModule(**data_hparams)
+    with attributed("the checkpoint's data settings (datamodule_hyper_parameters)"):
+        datamodule = MNISTDataModule(**data_hparams)
     check_classifier_cache(datamodule.data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -109,12 +105,8 @@ def run_experiments(
         write_png(outcome.figure, out / f"{name}.png")
         results[name] = outcome.measures
         definitions[name] = inspect.cleandoc(type(experiment).__doc__ or "").split("\n\nArgs:")[0]
-        log.info(
-            "%s: %s (%.1f s)",
-            name,
-            ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items()),
-            time.perf_counter() - start,
-        )
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items())
+        log.info("%s: %s (%.1f s)", name, measured, time.perf_counter() - start)
 
     hparams = model.hparams
     record = {
@@ -140,28 +132,26 @@ def run_experiments(
 
 
 def parser() -> ArgumentParser:
+    """The command's flags: `run_experiments`' arguments, and each experiment's settings as `--<name>.<setting>`."""
     p = ArgumentParser(prog="vae-lightning-experiments", description=__doc__.split("\n\n")[0])
     p.add_function_arguments(run_experiments, skip={"settings"})
     for name, cls in EXPERIMENTS.items():
-        p.add_class_arguments(cls, name, skip={"every_n_epochs"})
+        p.add_class_arguments(cls, name)
     return p
 
 
 def main(args: list[str] | None = None) -> dict:
-    """Entry point of `vae-lightning-experiments`."""
+    """Entry point of `vae-lightning-experiments`: flags of the wrong type are refused as they are parsed, the
+    rest under the package's error policy (`errors.run_command`)."""
     p = parser()
     config = p.parse_args(args)
-    try:
-        instances = p.instantiate(config)
-        settings = {name: instances[name] for name in EXPERIMENTS}
+
+    def command() -> dict:
+        instances = p.instantiate(config)  # each experiment's rules across its settings checked here
         options = {k: instances[k] for k in inspect.signature(run_experiments).parameters if k in instances}
-        return run_experiments(**options, settings=settings)
-    except Exception as err:  # a user's input: one line, as `vae-lightning` (errors.explain)
-        message = explain(err)
-        if message is None or os.environ.get("VAE_LIGHTNING_DEBUG"):
-            raise
-        print(f"vae-lightning-experiments: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from err
+        return run_experiments(**options, settings={name: instances[name] for name in EXPERIMENTS})
+
+    return run_command("vae-lightning-experiments", command)
 
 
 def cli_main() -> None:

@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vae_lightning.atomic import atomic_path
-from vae_lightning.runs import run_dir
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -43,16 +42,10 @@ def image_grid(images: Tensor, rows: int, cols: int, pad: int = 1) -> numpy.ndar
     return canvas.numpy()
 
 
-def figure_dir(trainer: Trainer) -> Path:
-    """`<run dir>/figures` (see `vae_lightning.runs.run_dir`). Broadcasts: call on every rank."""
-    return run_dir(trainer) / "figures"
-
-
 def publish(trainer: Trainer, key: str, figure: Figure, folder: Path) -> Path:
     """Send a figure to TensorBoard and W&B loggers at the trainer's global step; write it as PNG.
 
-    Call on rank 0 only (after `figure_dir` on every rank). Returns the PNG path:
-    `<folder>/<key>-epoch<NNN>.png`.
+    Call on rank 0 only. Returns the PNG path: `<folder>/<key>-epoch<NNN>.png`.
     """
     rgb = to_rgb(figure)
     step = trainer.global_step

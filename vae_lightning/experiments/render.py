@@ -14,6 +14,11 @@ from vae_lightning.experiments.figures import image_grid, new_figure
 CELL = 0.42  # inches per 28x28 thumbnail
 
 
+def show(ax, images: Tensor, rows: int, cols: int) -> None:
+    """Draw images (rows * cols, 1, 28, 28) as one grey grid on `ax`."""
+    ax.imshow(image_grid(images, rows, cols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
 def image_rows(images: Tensor, title: str, row_labels: Sequence[str] = (), col_labels: Sequence[str] = ()) -> Figure:
     """A grid of thumbnails from images (R, C, 1, 28, 28), with optional row and column labels."""
     rows, cols = images.shape[:2]
@@ -21,7 +26,7 @@ def image_rows(images: Tensor, title: str, row_labels: Sequence[str] = (), col_l
     height = rows * CELL + 0.6 + (0.3 if col_labels else 0.0)
     figure = new_figure(width, height)
     ax = figure.add_subplot()
-    ax.imshow(image_grid(images.flatten(0, 1), rows, cols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    show(ax, images.flatten(0, 1), rows, cols)
     ax.set_xticks([1 + 29 * c + 14 for c in range(cols)] if col_labels else [])
     ax.set_xticklabels(col_labels, fontsize=6, rotation=90 if cols > 12 else 0)
     ax.set_yticks([1 + 29 * r + 14 for r in range(rows)] if row_labels else [])
@@ -38,7 +43,7 @@ def manifold(images: Tensor, values: Tensor, dims: tuple[int, int], title: str) 
     grid = images.shape[0]
     figure = new_figure(grid * CELL + 1.0, grid * CELL + 1.0)
     ax = figure.add_subplot()
-    ax.imshow(image_grid(images.flatten(0, 1), grid, grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    show(ax, images.flatten(0, 1), grid, grid)
     centres = [1 + 29 * i + 14 for i in range(grid)]
     ax.set_xticks(centres, [f"{v + 0.0:.1f}" for v in values.tolist()], fontsize=6, rotation=90)
     ax.set_yticks(centres, [f"{v + 0.0:.1f}" for v in values.flip(0).tolist()], fontsize=6)
@@ -82,7 +87,7 @@ def scatter(
     left.set_ylabel(axis_names[1])
     left.set_title(title, fontsize=9)
     shown = decodings.transpose(0, 1).flip(0)  # rows: top = largest second coordinate
-    right.imshow(image_grid(shown.flatten(0, 1), grid, grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    show(right, shown.flatten(0, 1), grid, grid)
     for i, j in empty.nonzero().tolist():
         row, col = grid - 1 - j, i
         right.add_patch(Rectangle((29 * col + 0.5, 29 * row + 0.5), 28, 28, fill=False, edgecolor="red", linewidth=1))

@@ -1,4 +1,4 @@
-"""The explorer's page: a Bokeh server document over an `Explorer`.
+"""The explorer's page, a Bokeh server document over an `Explorer`, and the server that serves it.
 
 Bokeh runs the page's events (a tap or the pointer on the map, a slider, a button) as Python callbacks on
 the server, next to the model, and pushes the changed data sources back over its websocket: no
@@ -9,14 +9,22 @@ test (or a curious user) can read both from the page.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
-from bokeh.events import MouseMove, Tap
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+from bokeh.events import DocumentReady, MouseMove, Tap
 from bokeh.layouts import column, row
 from bokeh.models import Button, Checkbox, ColumnDataSource, Div, Slider, Spinner
 from bokeh.palettes import Category10_10, Greys256
 from bokeh.plotting import figure
+from bokeh.server.server import BaseServer
+from bokeh.server.tornado import BokehTornado
 from bokeh.transform import factor_cmap
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 
 from vae_lightning.explore.state import Decoding, Explorer
 
@@ -191,3 +199,45 @@ def build(doc, explorer: Explorer, split: str) -> None:
     decode_point(Tap(latent_map, x=float(centre[0]), y=float(centre[1])))
     decode_interpolation()
     draw_prior()
+
+
+class StreamKeepingHTTPServer(HTTPServer):
+    """Tornado's HTTP server, keeping (weakly) the stream of every connection it accepts in `streams`."""
+
+    def initialize(self, *args, **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self.streams = weakref.WeakSet()
+
+    def handle_stream(self, stream, address) -> None:
+        self.streams.add(stream)
+        super().handle_stream(stream, address)
+
+
+def serve(explorer: Explorer, split: str, sockets: list, origins: list[str]) -> BaseServer:
+    """Start a Bokeh server of the page on listening `sockets`, for pages from `origins` ("host:port").
+
+    Built from Bokeh's public pieces (`BokehTornado`, `BaseServer`) around an HTTP server that keeps its
+    connections, so that the page's websocket sends each frame at once. Bokeh writes a message as several
+    frames (header, metadata, content, buffers); with Nagle's algorithm on, each frame after the first waits
+    for the browser's delayed acknowledgement: most of a slider's round trip (docs/performance.md). Bokeh has
+    no setting for TCP_NODELAY, and Tornado (6.6) turns it off as each HTTP request on a connection ends, the
+    websocket's upgrade included, so a listening socket's option (which Linux passes on to the connections it
+    accepts) does not last. Once a page is ready, which it says over its open websocket, every open connection
+    gets TCP_NODELAY; a plain HTTP connection goes back to Tornado's default at its next request.
+    """
+
+    def send_at_once(event: DocumentReady) -> None:
+        for stream in http.streams:
+            if not stream.closed():
+                stream.set_nodelay(True)
+
+    def page(doc) -> None:
+        build(doc, explorer, split)
+        doc.on_event(DocumentReady, send_at_once)
+
+    application = BokehTornado({"/": Application(FunctionHandler(page))}, extra_websocket_origins=origins)
+    http = StreamKeepingHTTPServer(application)
+    http.add_sockets(sockets)
+    server = BaseServer(IOLoop.current(), application, http)
+    server.start()
+    return server

@@ -8,9 +8,10 @@ upsample x2 (24x24), transposed conv 16->32 k3 (26x26), transposed conv 32->1 k3
 from __future__ import annotations
 
 import torch
+from jsonargparse.typing import PositiveInt
 from torch import Tensor, nn
 
-from vae_lightning.nets.mlp import ACTIVATIONS, Activation, check_sizes
+from vae_lightning.nets.mlp import ACTIVATIONS, Activation
 
 FEATURES = (16, 12, 12)  # channels, height, width after the encoder's pooling
 FLAT = 16 * 12 * 12  # 2304
@@ -24,9 +25,8 @@ class ConvEncoder(nn.Module):
         activation: nonlinearity after each convolution.
     """
 
-    def __init__(self, latent_dim: int = 20, activation: Activation = "relu"):
+    def __init__(self, latent_dim: PositiveInt = 20, activation: Activation = "relu"):
         super().__init__()
-        check_sizes("model.encoder", latent_dim, (), activation)
         act = ACTIVATIONS[activation]
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3), act(),  # (B, 32, 26, 26)
@@ -51,9 +51,8 @@ class ConvDecoder(nn.Module):
         activation: nonlinearity after the linear layer and the first transposed convolution.
     """
 
-    def __init__(self, latent_dim: int = 20, activation: Activation = "relu"):
+    def __init__(self, latent_dim: PositiveInt = 20, activation: Activation = "relu"):
         super().__init__()
-        check_sizes("model.decoder", latent_dim, (), activation)
         act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
             nn.Linear(latent_dim, FLAT), act(),  # (B, 2304)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from jsonargparse.typing import PositiveInt
 from torch import Tensor, nn
-
-from vae_lightning.errors import check_choice, check_int
 
 Activation = Literal["relu", "tanh", "elu", "gelu", "silu", "leaky_relu", "softplus"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -15,14 +14,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "softplus": nn.Softplus,
 }  # fmt: skip
 PIXELS = 28 * 28
-
-
-def check_sizes(owner: str, latent_dim: int, hidden_dims: Sequence[int], activation: str) -> None:
-    """Refuse a non-positive size or an unknown activation, naming the field of `owner` (e.g. model.encoder)."""
-    check_int(f"{owner}.latent_dim", latent_dim)
-    for i, width in enumerate(hidden_dims):
-        check_int(f"{owner}.hidden_dims[{i}]", width)
-    check_choice(f"{owner}.activation", activation, sorted(ACTIVATIONS))
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -42,9 +33,10 @@ class MLPEncoder(nn.Module):
         activation: nonlinearity after each hidden layer.
     """
 
-    def __init__(self, latent_dim: int = 20, hidden_dims: Sequence[int] = (400,), activation: Activation = "relu"):
+    def __init__(
+        self, latent_dim: PositiveInt = 20, hidden_dims: Sequence[PositiveInt] = (400,), activation: Activation = "relu"
+    ):
         super().__init__()
-        check_sizes("model.encoder", latent_dim, hidden_dims, activation)
         self.body = mlp([PIXELS, *hidden_dims], activation)
         self.head = nn.Linear(hidden_dims[-1] if hidden_dims else PIXELS, 2 * latent_dim)  # mu and logvar at once
 
@@ -63,9 +55,10 @@ class MLPDecoder(nn.Module):
         activation: nonlinearity after each hidden layer.
     """
 
-    def __init__(self, latent_dim: int = 20, hidden_dims: Sequence[int] = (400,), activation: Activation = "relu"):
+    def __init__(
+        self, latent_dim: PositiveInt = 20, hidden_dims: Sequence[PositiveInt] = (400,), activation: Activation = "relu"
+    ):
         super().__init__()
-        check_sizes("model.decoder", latent_dim, hidden_dims, activation)
         self.body = mlp([latent_dim, *hidden_dims], activation)
         self.head = nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, PIXELS)
 

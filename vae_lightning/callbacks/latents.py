@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vae_lightning.atomic import save_atomically
 from vae_lightning.checkpointing import provenance
 from vae_lightning.distributed import gather_rows
-from vae_lightning.errors import check_int
 from vae_lightning.projector import Embedding, has_projector, to_projectors
 from vae_lightning.runs import run_dir
 
@@ -38,9 +38,9 @@ class LatentWriter(Callback):
         projector_points: at most this many points for the projectors; 0 sends none.
     """
 
-    def __init__(self, output_dir: str | None = None, projector_points: int = 10000) -> None:
+    def __init__(self, output_dir: str | None = None, projector_points: NonNegativeInt = 10000) -> None:
         self.output_dir = output_dir
-        self.projector_points = check_int("predictions.projector_points", projector_points, minimum=0)
+        self.projector_points = projector_points
         self.last_path: Path | None = None
         self._rows: dict[str, list[torch.Tensor]] = {}
 

@@ -1,0 +1,84 @@
+"""`TestLikelihood`: `test/nll`, the importance-sampled negative log-likelihood of every test image, and its
+Monte-Carlo standard error `test/nll_mc_se`."""
+
+from __future__ import annotations
+
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torchmetrics import SumMetric
+
+from vae_lightning import objectives
+from vae_lightning.callbacks.speed import map_one_core_each
+from vae_lightning.data.loaders import seeded_normal
+from vae_lightning.errors import attributed
+
+
+class TestLikelihood(Callback):
+    """Logs `test/nll` (nats per image, mean over the test set) with `samples` importance samples per image
+    from q(z|x), and `test/nll_mc_se`, the Monte-Carlo standard error of that mean (the delta-method
+    variance of each image's estimate, `objectives.monte_carlo_variance`, summed: sqrt(sum) / N).
+
+    Each image's samples are a fixed function of `seed` and its index in the split, so the value does not
+    depend on the batch size, the process count or the number of CPU threads. On a CPU a batch's images
+    are split between torch's threads, one core each (`callbacks.speed.map_one_core_each`).
+
+    Args:
+        samples: importance samples per test image (k); 0: no `test/nll`.
+        chunk_size: at most this many (sample, image) pairs are decoded at once, which bounds the memory
+            whatever k is; the conv decoder holds ~90 KB per pair: use ~128.
+        seed: seeds the samples.
+    """
+
+    __test__ = False  # a Lightning callback, not a pytest class
+
+    def __init__(self, samples: NonNegativeInt = 1000, chunk_size: PositiveInt = 2048, seed: int = 0) -> None:
+        self.samples, self.chunk_size, self.seed = samples, chunk_size, seed
+        # sums over the epoch's images of the estimates and of their variances, and the number of images
+        self.sums = {key: SumMetric().set_dtype(torch.float64) for key in ("nll", "variance", "images")}
+
+    def estimate(self, model: LightningModule, x: Tensor, index: Tensor) -> objectives.NLLEstimate:
+        """The estimate per image (B,) of images x (B, 1, 28, 28) at positions `index` (B,) of their split."""
+        mu, logvar = model.encode(x)
+
+        def part_estimate(part: slice) -> objectives.NLLEstimate:
+            def noise(block: int, n: int) -> Tensor:  # block 0 is the stream of a k below one block
+                stream = (1, block) if block else (1,)
+                return seeded_normal(self.seed, index[part], n, model.latent_dim, *stream)
+
+            return objectives.importance_weighted_nll(
+                x[part], mu[part], logvar[part], model.decoder, noise, self.samples, self.chunk_size
+            )
+
+        parts = min(torch.get_num_threads() if x.device.type == "cpu" else 1, len(x))
+        if parts <= 1:  # one core, one image, or none (a rank's empty share of the last batch under DDP)
+            return part_estimate(slice(None))
+        step = -(-len(x) // parts)
+        estimates = map_one_core_each(part_estimate, [slice(start, start + step) for start in range(0, len(x), step)])
+        return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*estimates)))
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for metric in self.sums.values():
+            metric.reset()
+            metric.to(pl_module.device)
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.samples:
+            return
+        x, _, index = batch
+        with attributed("test_likelihood", "lower test_likelihood.chunk_size (memory) or samples (time)"):
+            nll, variance = self.estimate(pl_module, x, index)
+        self.sums["nll"].update(nll.sum())
+        self.sums["variance"].update(variance.sum())
+        self.sums["images"].update(len(x))
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.samples:
+            return
+        totals = {key: metric.compute() for key, metric in self.sums.items()}  # over every process
+        if totals["images"] > 0:
+            pl_module.log("test/nll", (totals["nll"] / totals["images"]).float(), sync_dist=True)
+            if self.samples > 1:  # one sample has no spread to estimate an error from
+                pl_module.log("test/nll_mc_se", (totals["variance"].sqrt() / totals["images"]).float(), sync_dist=True)

@@ -1,0 +1,79 @@
+"""`OutputFolders`: before a run writes anything, every folder it will write to is checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vae_lightning.atomic import remove_stale_temporaries
+from vae_lightning.callbacks.last_checkpoint import LastCheckpoint
+from vae_lightning.errors import attributed
+from vae_lightning.runs import (
+    check_writable,
+    highest_missing,
+    logger_root,
+    planned_run_dir,
+    refuse_earlier_outputs,
+    remove_if_unused,
+)
+
+
+class OutputFolders(Callback):
+    """Refuses, before any work, output folders that cannot be written or hold another run's files: the logger's
+    run folder, the checkpoint folders, the experiments' figures and `predict`'s file. A resumed fit may write
+    beside the checkpoint it continues. Folders the run creates are removed again when it ends in an error
+    before writing into them. The CLI calls `check` before the Trainer starts (which creates the logger's
+    folder before any callback's `setup`); otherwise `setup` does. Off: `--outputs null`.
+
+    Args:
+        overwrite: let this run replace what an earlier run left where it writes (the CLI's `--overwrite`).
+    """
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self.new_folders: list[Path] = []
+        self.checked = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.checked:
+            self.check(trainer, stage, trainer.ckpt_path, trainer.datamodule)
+
+    def check(self, trainer: Trainer, stage: str, ckpt_path: str | None, datamodule=None) -> None:
+        """Refuse what this run would write where it cannot, or over another run's files (ConfigError)."""
+        self.checked = True
+        if not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes no files
+            return
+        with attributed("trainer.logger", "shorten or fix its save_dir and name"):  # e.g. a part over 255 bytes
+            run = planned_run_dir(trainer)
+        outputs = []  # (field, folder, files that would be replaced)
+        if trainer.loggers and run is not None:
+            outputs.append(("trainer.logger", run, "*"))
+        elif trainer.loggers:  # the logger names its run's folder only once it starts (W&B): a new one each run
+            check_writable(logger_root(trainer), "trainer.logger")
+        for callback in trainer.callbacks:
+            name = type(callback).__name__
+            if stage == "fit" and isinstance(callback, ModelCheckpoint):
+                field = "last_checkpoint.dirpath" if isinstance(callback, LastCheckpoint) else "checkpoint.dirpath"
+                folder = Path(callback.dirpath) if callback.dirpath else run and run / "checkpoints"
+                outputs += [(field, folder, "*.ckpt")] if folder is not None else []
+            elif stage == "fit" and name == "Experiments" and not trainer.loggers:
+                outputs.append(("trainer.default_root_dir", Path(trainer.default_root_dir) / "figures", "*.png"))
+            elif stage == "predict" and name == "LatentWriter" and callback.output_dir is not None:
+                split = getattr(datamodule, "predict_split", "predict")
+                outputs.append(("predictions.output_dir", Path(callback.output_dir), f"latents_{split}.pt"))
+        if stage == "fit" and ckpt_path and Path(ckpt_path).is_file():  # continues in its folders
+            continued = Path(ckpt_path).resolve().parent
+            outputs = [o for o in outputs if o[1].resolve() not in (continued, *continued.parents)]
+        refuse_earlier_outputs(outputs, self.overwrite)
+        for _, folder, _ in outputs:
+            remove_stale_temporaries(folder)
+            top = highest_missing(folder)
+            if top is not None:
+                self.new_folders.append(top)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        for folder in self.new_folders:
+            remove_if_unused(folder)
+        self.new_folders = []

@@ -1,0 +1,67 @@
+"""Latent traversal (seed experiment 2): one latent dimension swept, the others at an image's mu."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
+from vae_lightning.experiments import compute, measures, render
+from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
+
+
+@dataclass
+class LatentTraversal(Experiment):
+    """Experiment 2: one latent dimension set to each of `steps` values from `low` to `high`, the others
+    at the image's mu; one row per dimension.
+
+    Measures: `same_class` (fraction of decodings judged the digit of the image's reconstruction),
+    `class_changes` (changes along a row, averaged over rows), `pixel_distance` (mean |decoding -
+    reconstruction|), `reference_distance` (mean |reconstruction of another test image -
+    reconstruction|, over the first 100 test images: the yardstick for "close").
+
+    Args:
+        image_index: which test image.
+        dims: the dimensions to sweep; default all.
+        low: first value.
+        high: last value.
+        steps: values per row.
+    """
+
+    name = "latent_traversal"
+    image_index: NonNegativeInt = 0
+    dims: Sequence[NonNegativeInt] | None = None
+    low: float = -3.0
+    high: float = 3.0
+    steps: PositiveInt = 11
+
+    def skip_reason(self, model) -> str | None:
+        if self.dims and max(self.dims) >= model.latent_dim:
+            return f"dims {list(self.dims)} do not exist in a {model.latent_dim}-latent model"
+        return None
+
+    def run(self, model, data: ExperimentData) -> Outcome:
+        dims = list(self.dims) if self.dims else list(range(model.latent_dim))
+        values = torch.linspace(self.low, self.high, self.steps)
+        image = data.pick("latent_traversal.image_index", [self.image_index])[0]
+        rows = compute.latent_traversal(model, image, dims, values)  # (D, S, 1, 28, 28)
+        reconstruction = compute.reconstruct(model, image.unsqueeze(0))
+        figure = render.image_rows(
+            rows,
+            f"one latent swept, the rest at mu (test image {self.image_index})",
+            row_labels=[f"z[{d}]" for d in dims],
+            col_labels=[f"{v + 0.0:.1f}" for v in values.tolist()],
+        )
+        judged = data.judge(rows.flatten(0, 1))
+        original = data.judge(reconstruction).digit[0]
+        digits = judged.digit.view(len(dims), -1)
+        others = compute.reconstruct(model, data.images[:100])
+        return Outcome(
+            figure,
+            {
+                "same_class": (judged.digit == original).float().mean().item(),
+                "class_changes": sum(measures.class_changes(row)[0] for row in digits) / len(dims),
+                "pixel_distance": (rows - reconstruction).abs().mean().item(),
+                "reference_distance": (others - reconstruction).abs().mean().item(),
+            },
+        )

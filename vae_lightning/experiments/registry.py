@@ -1,0 +1,25 @@
+"""The experiments by name, in the order they run. A new experiment is its own file (a dataclass subclass of
+`base.Experiment`) and one entry here: `Experiments` schedules it in training, `vae-lightning-experiments`
+runs it on a checkpoint, both with its settings checked."""
+
+from vae_lightning.experiments.base import Experiment
+from vae_lightning.experiments.epsilon_sweep import EpsilonSweep
+from vae_lightning.experiments.interpolation import Interpolation
+from vae_lightning.experiments.latent_manifold import LatentManifold
+from vae_lightning.experiments.latent_scatter import LatentScatter
+from vae_lightning.experiments.latent_traversal import LatentTraversal
+from vae_lightning.experiments.prior_samples import PriorSamples
+from vae_lightning.experiments.reconstructions import Reconstructions
+
+EXPERIMENTS: dict[str, type[Experiment]] = {
+    cls.name: cls
+    for cls in (
+        Reconstructions,
+        EpsilonSweep,
+        LatentTraversal,
+        Interpolation,
+        LatentManifold,
+        LatentScatter,
+        PriorSamples,
+    )
+}
