@@ -279,20 +279,6 @@ def test_the_atomic_checkpoint_writer_is_the_default_plugin_and_off_with_one_set
     )
 
 
-@pytest.mark.parametrize(
-    ("args", "new"),
-    [
-        (["--model.nll_samples", "5"], "model.nll_samples is now test_likelihood.samples"),
-        (["--model.nonfinite", "skip"], "model.nonfinite is now nonfinite.policy"),
-        (["--speed", "false"], "--speed false is now --speed null"),
-        (["--model.lr_scheduler_interval", "step"], "model.lr_scheduler_interval is now nothing"),
-    ],
-)
-def test_a_setting_that_moved_is_refused_with_its_new_spelling(run_cli, capsys, tiny_config, args, new):
-    err = cli_error(run_cli, capsys, "fit", *configs(CONFIGS / "vanilla.yaml", tiny_config), *args)
-    assert new in err and "Traceback" not in err
-
-
 def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(run_cli, tiny_config, tmp_path):
     run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1")
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"

@@ -27,10 +27,6 @@ class RunStopped(RuntimeError):
     written (printed as one line, exit 1)."""
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM ended a command; `message` says what was saved and how to go on (exit 130)."""
-
-
 def own_error(err: BaseException) -> ConfigError | None:
     """The first ConfigError among `err` and the exceptions it was raised from or during (another library may
     wrap ours, as jsonargparse does when a class it builds refuses its arguments)."""
@@ -67,7 +63,7 @@ def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], s
     Args:
         prog: the command's name, e.g. `vae-lightning`.
         command: what to run.
-        interrupted: says what was saved when Ctrl-C or SIGTERM stopped the command.
+        interrupted: says what was saved when Ctrl-C stopped the command.
     """
     try:
         return command()
@@ -80,7 +76,7 @@ def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], s
             message += f" ({DEBUG}=1 shows the traceback)"
         print(f"{prog}: {kind}: {message}", file=sys.stderr)
         raise SystemExit(status) from err
-    except (KeyboardInterrupt, Interrupted, SystemExit) as err:
+    except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not isinstance(err.__context__, KeyboardInterrupt):
             raise  # Lightning exits 1 after its clean-up of a Ctrl-C; any other exit passes through
         saved = interrupted() if interrupted else ""

@@ -1,5 +1,4 @@
-"""`VAELitModule`: the VAE. Networks, latent size, loss weights, objective, optimizer and scheduler; nothing about
-how a machine runs it (that is the callbacks' business, `vae_lightning.callbacks`)."""
+"""`VAELitModule`: the VAE itself; how a machine runs it is the business of `vae_lightning.callbacks`."""
 
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ EVAL_SEED = 0  # validation and test draw one z per image, a fixed function of t
 class VAELitModule(LightningModule):
     """A VAE: q(z|x) = N(mu, diag sigma^2) from the encoder, p(z) = N(0, I), Bernoulli p(x|z) from the decoder.
 
-    Logged, in nats per image: `<stage>/loss` (the objective), `<stage>/recon`, `<stage>/kl` and
-    `<stage>/nelbo` (recon + kl whatever the weights), for train per step (with exact epoch means as
-    `train/<term>_epoch`), val and test (epoch means over every image, one seeded draw of z each).
+    Logged, in nats per image: `<stage>/loss` (the objective), `/recon`, `/kl`, `/nelbo` (recon + kl), for train
+    per step (exact epoch means: `train/<term>_epoch`), val and test (means over every image, one seeded z each).
 
     Args:
         encoder: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim).
@@ -37,16 +35,13 @@ class VAELitModule(LightningModule):
         latent_dim: size of z; the CLI links it into the encoder and decoder.
         recon_weight: weight of the reconstruction term (0 trains the KL term alone).
         kl_weight: weight of the KL term (0 trains the reconstruction term alone).
-        objective: what training minimises. `elbo`: recon_weight * recon + kl_weight * kl, recon
-            averaged over `train_samples` draws of z. `iwae`: minus the importance-weighted bound of
-            Burda et al. (2015) with k = `train_samples` draws (weights must be 1).
+        objective: what training minimises. `elbo`: recon_weight * recon + kl_weight * kl, recon averaged over
+            `train_samples` draws of z. `iwae`: minus Burda et al.'s (2015) bound, k = `train_samples` (weights 1).
         train_samples: draws of z per training image (k).
-        gradient_estimator: how `iwae` training estimates its gradient: `standard` (the bound's own) or
-            `dreg` (doubly reparameterized, Tucker et al. 2018: the same expected gradient, with an encoder
-            gradient whose signal-to-noise ratio does not fall as k grows).
+        gradient_estimator: `iwae`'s gradient: `standard` (the bound's own) or `dreg` (doubly reparameterized,
+            Tucker et al. 2018: the same expectation; the encoder's signal-to-noise ratio does not fall with k).
         optimizer: optimizer class and arguments.
-        lr_scheduler: optional learning-rate scheduler, stepped once per epoch (`val/nelbo` is the metric a
-            ReduceLROnPlateau watches).
+        lr_scheduler: optional, stepped once per epoch (a ReduceLROnPlateau watches `val/nelbo`).
     """
 
     def __init__(
@@ -69,23 +64,20 @@ class VAELitModule(LightningModule):
         self.recon_weight, self.kl_weight, self.objective = recon_weight, kl_weight, objective
         self.train_samples, self.gradient_estimator = train_samples, gradient_estimator
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        # What the model is goes into its checkpoint. Built by the CLI, the networks and the optimizer are
-        # class_path dicts there, so load_from_checkpoint rebuilds them with no code run; objects built in
-        # Python are left out (a checkpoint holds no pickled code): pass them again to load_from_checkpoint.
+        # What the model is goes into its checkpoint: class_path dicts under the CLI (rebuilt with no code run);
+        # objects built in Python are left out (no pickled code): pass them again to load_from_checkpoint.
         with warnings.catch_warnings():  # Lightning warns of nn.Module values, which are dropped just below
             warnings.simplefilter("ignore", UserWarning)
             self.save_hyperparameters()
         for key in ("encoder", "decoder", "optimizer", "lr_scheduler"):
             if self.hparams.get(key) is not None and not isinstance(self.hparams[key], dict):
                 del self.hparams[key]
-        # Exact epoch means over images, reduced across processes by torchmetrics. Training's leave out the
-        # images of a batch whose update was skipped (non-finite); evaluation's keep a non-finite value.
+        # Exact epoch means over images, reduced across processes; a skipped non-finite training batch is left out.
         nan = {"train": "ignore", "val": "disable", "test": "disable"}
         self.means = nn.ModuleDict(
             {f"{s}_{t}": MeanMetric(nan_strategy=nan[s]).set_dtype(torch.float64) for s in nan for t in TERMS}
         )
 
-    # ------------------------------------------------------------------ the model
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters (mu, logvar), each (B, latent_dim), of images (B, 1, 28, 28)."""
         return self.encoder(x)
@@ -113,13 +105,12 @@ class VAELitModule(LightningModule):
             x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight, self.gradient_estimator
         )
 
-    # ------------------------------------------------------------------ steps
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         terms = self.terms(batch[0])
         with torch.no_grad():
             self.log_dict({f"train/{name}": value.mean() for name, value in zip(TERMS, terms)})
             self.log("loss", terms.loss.mean(), prog_bar=True, logger=False)
-            self._update_means("train", terms, suffix="_epoch")
+            self._update_means("train", terms)
         return terms.loss.mean()
 
     def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
@@ -134,22 +125,33 @@ class VAELitModule(LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
-        x, labels, index = batch
-        mu, logvar = self.encode(x)
-        return {"mu": mu, "logvar": logvar, "label": labels, "index": index}
+        mu, logvar = self.encode(batch[0])
+        return {"mu": mu, "logvar": logvar, "label": batch[1], "index": batch[2]}
 
-    def on_fit_start(self) -> None:
-        for metric in self.means.values():  # after a validate or test, whose inference mode made their states
-            metric.reset()  # inference tensors, which training's updates could not add to
+    def on_fit_start(self) -> None:  # a validate or test before leaves states training cannot add to (inference)
+        for metric in self.means.values():
+            metric.reset()
 
-    def _update_means(self, stage: str, terms: objectives.Terms, suffix: str = "") -> None:
-        """Add this batch's per-image terms to the epoch's means, logged as `<stage>/<term><suffix>`."""
+    def _update_means(self, stage: str, terms: objectives.Terms) -> None:
         for name, values in zip(TERMS, terms):
-            metric = self.means[f"{stage}_{name}"]
-            metric.update(values.detach())
-            self.log(f"{stage}/{name}{suffix}", metric, on_step=False, on_epoch=True)
+            self.means[f"{stage}_{name}"].update(values.detach())
 
-    # ------------------------------------------------------------------ optimizers
+    def _log_means(self, stage: str, suffix: str = "") -> None:
+        """The epoch's means over every image, on every process, logged once (not as a metric every step)."""
+        for name in TERMS:
+            metric = self.means[f"{stage}_{name}"]
+            self.log(f"{stage}/{name}{suffix}", metric.compute().float(), sync_dist=True)  # equal on every rank
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train", suffix="_epoch")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means("test")
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
