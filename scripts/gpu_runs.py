@@ -2,9 +2,10 @@
 
 In order, each step a real command of the package, its output in `<out>/<step>.log`:
 
-  1. IWAE, k = 50, with DReG: `vae-lightning fit --config configs/paper/iwae_k50.yaml` with
-     `--model.gradient_estimator dreg` on the GPU for as many epochs as fit in `--iwae-minutes`
-     (`trainer.max_time`), then `test` of its last checkpoint at k = 5000;
+  1. IWAE, k = 50, with DReG: `vae-lightning fit --config configs/paper/iwae_k50.yaml` (the IWAE k = 5
+     recipe: one-cycle learning rate over `--iwae-epochs`, Glorot weights, the output bias at the data's
+     mean) on the GPU, stopped after `--iwae-minutes` if given (`trainer.max_time`), then `test` of its last
+     checkpoint at k = 5000;
   2. `scripts/benchmark.py --device cuda` at batch 128 and at batch 1024;
   3. `vae-lightning fit` + `test` of `configs/vanilla.yaml` with the data on the GPU.
 
@@ -67,10 +68,13 @@ def benchmark(batch_size: int, device: str, data_dir: str | None, dry_run: bool,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "logs" / "gpu_runs", help="folder for logs and the JSON")
-    parser.add_argument("--iwae-minutes", type=float, default=4.0, help="training time of step 1")
+    parser.add_argument("--iwae-epochs", type=int, default=1000, help="epochs of step 1 (its one-cycle length)")
+    parser.add_argument("--iwae-minutes", type=float, default=None, help="stop step 1's training after this long")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: the package's)")
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU with tiny sizes")
     args = parser.parse_args()
+    if args.iwae_epochs < 1 or (args.iwae_minutes is not None and args.iwae_minutes <= 0):
+        parser.error("--iwae-epochs and --iwae-minutes must be positive")
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -87,8 +91,12 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "data": "IWAE: binarize dynamic, test NLL k = 5000; vanilla: continuous pixels, k = 1000; nats per image",
     }
-    minutes = f"00:00:{int(args.iwae_minutes):02d}:{round(args.iwae_minutes % 1 * 60):02d}"
-    iwae = [*trainer, *data, "--model.gradient_estimator", "dreg", "--trainer.max_time", minutes, *tiny]
+    epochs = str(args.iwae_epochs)
+    iwae = [*trainer, *data, "--trainer.max_epochs", epochs, "--model.lr_scheduler.init_args.total_steps", epochs]
+    if args.iwae_minutes is not None:
+        minutes = f"00:00:{int(args.iwae_minutes):02d}:{round(args.iwae_minutes % 1 * 60):02d}"
+        iwae += ["--trainer.max_time", minutes]
+    iwae += tiny
     record["iwae_k50_dreg"] = fit_and_test("gpu_iwae_k50_dreg", "paper/iwae_k50", iwae, [], args.out)
     print(f"iwae k=50 dreg: {record['iwae_k50_dreg']['test']}", flush=True)
     for batch_size in (128, 1024):

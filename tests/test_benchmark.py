@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -78,7 +79,12 @@ def test_the_gpu_script_runs_every_step_on_the_cpu_with_tiny_sizes(real_mnist, t
     assert record["device"] == "cpu (dry run)" and record["machine"]
     for step in ("iwae_k50_dreg", "vanilla"):
         assert record[step]["epochs"] == 1 and record[step]["test"]["test/nll"] > 0 and record[step]["fit_seconds"] > 0
-    assert "--model.gradient_estimator" in record["iwae_k50_dreg"]["arguments"]
+    trained = yaml.safe_load(
+        (tmp_path / "gpu" / "logs" / "gpu_iwae_k50_dreg" / "version_0" / "config.yaml").read_text()
+    )
+    assert trained["model"]["gradient_estimator"] == "dreg" and trained["model"]["train_samples"] == 50
+    assert trained["init"]["init_args"] == {"weights": "glorot", "output_bias": "data_mean", "clip": 0.001}
+    assert trained["model"]["lr_scheduler"]["init_args"]["total_steps"] == 1000  # the default --iwae-epochs
     assert record["benchmark_b128"]["batch_size"] == 128 and record["benchmark_b1024"]["batch_size"] == 1024
 
 

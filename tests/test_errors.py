@@ -52,6 +52,9 @@ BAD_INPUT = [
     ("fit", ("--model.lr_scheduler_interval", "step"), "model.lr_scheduler_interval is now nothing"),
     ("fit", ("--trainer.limit_train_batches", "-1"), "trainer: You have passed invalid value -1.0 for limit_train"),
     ("fit", ("--trainer.barebones", "true"), "trainer: `Trainer(barebones=True"),
+    ("fit", ("--model.objective", "iwae", "--model.train_samples", "2", "--kl_warmup.epochs", "5"),
+     "kl_warmup: model.objective is 'iwae', whose bound has no separate KL term"),
+    ("fit", ("--kl_warmup.epochs", "5", "--kl_warmup.steps", "5"), "kl_warmup: epochs=5 and steps=5: give one"),
     ("fit", ("--config", CONFIGS / "logger" / "wandb.yaml", "--trainer.logger.init_args.offline", "true",
              "--trainer.logger.init_args.save_dir", "/sys/vae-w"), "trainer.logger: '/sys/vae-w/"),
 ]  # fmt: skip

@@ -34,11 +34,11 @@ from vae_lightning.experiments import (
     Reconstructions,
     compute,
     digit_classifier,
-    render,
 )
 from vae_lightning.experiments.base import Outcome
 from vae_lightning.experiments.command import main as experiments_main
 from vae_lightning.experiments.command import parser as command_parser
+from vae_lightning.experiments.figures import image_rows
 
 SMALL = {  # the seven on the tiny set in a few seconds
     "latent_traversal": {"steps": 5},
@@ -243,7 +243,7 @@ class MeanPixel(Experiment):
     def run(self, model, data: ExperimentData) -> Outcome:
         pixels = compute.reconstruct(model, data.images[: self.shown])
         bright = (pixels.mean((1, 2, 3)) > self.threshold).float().mean().item()
-        return Outcome(render.image_rows(pixels.unsqueeze(0), "reconstructions"), {"bright": bright})
+        return Outcome(image_rows(pixels.unsqueeze(0), "reconstructions"), {"bright": bright})
 
 
 def test_a_new_experiment_is_its_class_and_one_registry_entry(tiny_mnist, tmp_path, monkeypatch):

@@ -75,8 +75,8 @@ def test_resuming_with_a_config_of_another_architecture_is_refused(run_cli, caps
         "--trainer.logger.init_args.name",
         "two_latent",
     )
-    assert "architecture does not fit the model built from the config (latent_dim=2 in the checkpoint, 20 in" in err
-    assert "encoder MLPEncoder in the checkpoint, ConvEncoder in the config" in err
+    assert "does not fit the model built from the config (model.latent_dim: 2 in the checkpoint, 20 in" in err
+    assert "model.encoder: {'class_path': 'MLPEncoder'" in err and "{'class_path': 'ConvEncoder'" in err
     assert "missing from the checkpoint" in err and "its config.yaml" in err
 
 

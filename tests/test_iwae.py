@@ -127,7 +127,7 @@ def test_the_paper_configs_train_and_test_through_the_cli(run_cli, tiny_config, 
         ("iwae", 50, 5) if "iwae" in config else ("elbo", 50, 1)
     )
     assert fit.datamodule.binarize == "dynamic"
-    assert model.gradient_estimator == ("dreg" if config == "iwae_k5.yaml" else "standard")
+    assert model.gradient_estimator == ("dreg" if "iwae" in config else "standard")
     assert type(model.encoder.body[1]).__name__ == "Tanh" and [m.out_features for m in model.encoder.body[::2]] == [
         200,
         200,

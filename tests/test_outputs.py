@@ -115,7 +115,8 @@ def test_an_explicit_checkpoint_of_another_architecture_is_named(run_cli, capsys
     best = fit.trainer.checkpoint_callback.best_model_path
     tested = run_cli("test", *configs(CONFIGS / "vanilla.yaml", tiny_config), "--ckpt_path", best)
     err = capsys.readouterr().err
-    assert "the model is the checkpoint's, not the config's" in err and "model.latent_dim 2 (config: 20)" in err
+    assert "the model is the checkpoint's, not the config's" in err
+    assert "model.latent_dim: 2 in the checkpoint, 20 in the config" in err
     assert tested.model.latent_dim == 2
 
 

@@ -112,7 +112,7 @@ def test_online_without_an_api_key_is_refused_before_training(run_cli, tiny_conf
     assert not (tmp_path / "logs").exists()  # refused before anything was written
 
 
-def test_log_model_offline_is_refused_with_the_fix(run_cli, tiny_config, capsys, offline):
+def test_log_model_offline_is_refused_naming_both_settings(run_cli, tiny_config, capsys, offline):
     err = cli_error(
         run_cli,
         capsys,
@@ -123,4 +123,5 @@ def test_log_model_offline_is_refused_with_the_fix(run_cli, tiny_config, capsys,
         "--trainer.logger.init_args.log_model",
         "true",
     )  # exit code 2
-    assert "set log_model: false for an offline run" in err
+    assert "error: WandbLogger(" in err  # Lightning's own refusal, naming both settings
+    assert "Providing log_model=True and offline=True is an invalid configuration" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -20,8 +21,7 @@ TEMPORARY = re.compile(r"^\.(?:.+\.tmp|fetch)-(\d+)(?:-.*)?$")
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed onto `path` when the block succeeds, removed
-    whatever happens, so `path` holds either its previous contents or the whole new file."""
+    """A path beside `path` to write to, renamed onto it if the block succeeds: `path` is old or whole, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -32,9 +32,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def save_atomically(obj: object, path: Path) -> None:
-    """`torch.save` through `atomic_path`."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save` through `atomic_path`, synced to disk before the rename. Serialised in memory first: torch's
+    zip writer turns a failed file write (e.g. a full disk) into a RuntimeError without the OS's reason."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(buffer.getbuffer())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _alive(pid: int) -> bool:
@@ -43,17 +48,13 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
+        pass
     return True
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files and folders a killed write left in `folder` (those whose process is gone);
-    return what was removed. A write still under way in a live process is left alone."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporaries in `folder` whose writing process is gone (a live process's write is left alone)."""
+    for path in folder.iterdir() if folder.is_dir() else []:
         match = TEMPORARY.match(path.name)
         if match is None or _alive(int(match.group(1))):
             continue
@@ -61,7 +62,5 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         except OSError as err:  # e.g. a read-only folder: left, and said
             log.warning("could not remove the stale temporary %s (%s)", path, err)
-            continue
-        removed.append(path)
-        log.info("removed %s, left by a write that was killed (process %s)", path, match.group(1))
-    return removed
+        else:
+            log.info("removed %s, left by a write that was killed (process %s)", path, match.group(1))

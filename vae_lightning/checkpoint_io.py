@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae_lightning.atomic import atomic_path
+from vae_lightning.atomic import save_atomically
 from vae_lightning.errors import RunStopped
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, syncs it, then renames it into place.
+    """Writes each checkpoint beside its target, synced, then renamed into place: a full disk stops the run naming
+    the file, the previous checkpoint intact. The CLI's default `trainer.plugins`; off: `--trainer.plugins null`."""
 
-    A full disk or an unwritable folder stops the run naming the file, and the previous checkpoint at that
-    path stays intact (a rename happens whole or not at all). The CLI's default `trainer.plugins`; off:
-    `--trainer.plugins null`.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
-    ) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         target = Path(path)
-        buffer = io.BytesIO()  # serialised in memory first: torch.save's zip writer turns a failed file
-        torch.save(checkpoint, buffer)  # write (e.g. a full disk) into a RuntimeError without the OS's reason
         try:
-            with atomic_path(target) as tmp, open(tmp, "wb") as out:
-                out.write(buffer.getbuffer())
-                out.flush()
-                os.fsync(out.fileno())
+            save_atomically(checkpoint, target)
         except OSError as err:
             kept = f"the previous {target.name} is intact" if target.exists() else "no earlier file was there"
             raise RunStopped(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydoc
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from vae_lightning import checks
 from vae_lightning.callbacks import CPUSpeed, OutputFolders
-from vae_lightning.checkpointing import check_architecture, check_checkpoint_file, check_same_data, model_differences
+from vae_lightning.checkpointing import check_checkpoint_file, check_continuation, differences
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import distributed_failure, release_process_group
-from vae_lightning.errors import ConfigError, RunStopped, attributed, first_line, own_error, run_command
+from vae_lightning.errors import ConfigError, RunStopped, attributed, run_command
 from vae_lightning.module import VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
 from vae_lightning.runs import ConfigToLoggers
@@ -36,6 +37,8 @@ PIECES: dict[str, dict[str, Any]] = {
     "nonfinite": {"class_path": PIECE + "NonFiniteGuard"},
     "outputs": {"class_path": PIECE + "OutputFolders"},
     "exact_resume": {"class_path": PIECE + "ExactResume"},
+    "init": {"class_path": PIECE + "Initialisation"},  # torch's own unless set
+    "kl_warmup": {"class_path": PIECE + "KLWarmup"},  # none unless set
     "speed": {"class_path": PIECE + "CPUSpeed", "init_args": {"train_matmul_precision": "medium"}},
     "progress_bar": {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 10}},
     "experiments": {"class_path": "vae_lightning.experiments.Experiments"},
@@ -68,35 +71,34 @@ class VAECLI(LightningCLI):
         parser.link_arguments("model.latent_dim", "model.decoder.init_args.latent_dim", compute_fn=int)
         parser.set_defaults(MODEL_DEFAULTS)
         for key, default in PIECES.items():
-            cls = checks.import_class(default["class_path"])
+            cls = pydoc.locate(default["class_path"])
             parser.add_argument(f"--{key}", type=cls | None, default=default, help=cls.__doc__.split("\n")[0])
         for old in checks.RENAMED:  # accepted only from an older checkpoint's hyperparameters, then dropped
             parser.add_argument(f"--{old}", type=Any, default=None, help=SUPPRESS)
         parser.add_argument("--overwrite", type=bool, default=False, help="replace what an earlier run left")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Refuse renamed settings and config files that are not YAML by name, then parse; say where a
-        `--ckpt_path`'s model differs from the config's (LightningCLI takes the checkpoint's)."""
+        """Refuse config files that are not YAML by name, parse, refuse renamed settings; check a `--ckpt_path` and
+        say where its model differs from the config's (LightningCLI takes the checkpoint's)."""
         checks.check_arguments([str(a) for a in (sys.argv[1:] if args is None else args)])
         super().parse_arguments(parser, args)
-        settings = self.settings()
-        checks.check_seed(settings.get("seed_everything"))
-        ckpt_path = settings.get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not str(ckpt_path).startswith("registry"):
-            check_checkpoint_file(ckpt_path, resume=self.config.subcommand == "fit")
-            differences = model_differences(ckpt_path, settings.get("model", {}))
-            if differences:
-                note = f"the model is the checkpoint's, not the config's (--ckpt_path {ckpt_path})"
-                print(f"vae-lightning: note: {note}: {'; '.join(differences)}.", file=sys.stderr)
-
-    def settings(self):
-        """This subcommand's part of the parsed config (the whole config without a subcommand)."""
         subcommand = self.config.get("subcommand")
-        return self.config[subcommand] if subcommand else self.config
+        settings = self.config[subcommand] if subcommand else self.config
+        renamed = [old for old in checks.RENAMED if settings.get(old) is not None]  # given now, not by a checkpoint
+        if renamed:
+            raise ConfigError(f"{renamed[0]} is now {checks.RENAMED[renamed[0]]}.")
+        ckpt_path = settings.get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
+            check_checkpoint_file(ckpt_path, resume=subcommand == "fit")
+            changed = differences(ckpt_path, "model", settings.get("model", {}))
+            if changed:
+                note = f"the model is the checkpoint's, not the config's (--ckpt_path {ckpt_path})"
+                print(f"vae-lightning: note: {note}: {'; '.join(changed)}.", file=sys.stderr)
 
     def before_instantiate_classes(self) -> None:
-        checks.check_settings(self.settings(), self.subcommand)
-        CPUSpeed.flush_at_start_up(self.settings().get("speed"))  # before any network is built
+        settings = self.config[self.subcommand] if self.subcommand else self.config
+        checks.check_settings(settings, self.subcommand)
+        CPUSpeed.flush_at_start_up(settings.get("speed"))  # before any network is built
 
     def instantiate_classes(self) -> None:
         try:
@@ -104,10 +106,7 @@ class VAECLI(LightningCLI):
         except (ConfigError, RunStopped):
             raise
         except Exception as err:
-            own = own_error(err)  # ours, possibly wrapped by jsonargparse
-            if own is not None:
-                raise ConfigError(str(own)) from err
-            raise ConfigError(f"{checks.being_built(err)} could not be built: {first_line(err)}.") from err
+            raise checks.build_error(err) from err
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer with the run pieces this command uses (`PIECES`), after the config's own callbacks."""
@@ -134,16 +133,15 @@ class VAECLI(LightningCLI):
         return self.state["trainer"]
 
     def _before_run(self) -> None:
-        """For every subcommand: `--ckpt_path last|best` found across the logger's runs; a checkpoint checked
-        against the data and model it meets; the optimizer and schedule built once; monitors checked."""
+        """Before every subcommand: `--ckpt_path last|best` found across runs, a checkpoint checked against the model
+        and data it meets, a fit's settings checked, and the folders the run writes to."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") in ("last", "best"):
             config["ckpt_path"] = str(checks.resolve_checkpoint(self.trainer, config["ckpt_path"], self.subcommand))
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            if self.subcommand == "fit":
-                check_same_data(ckpt_path, self.datamodule.hparams)
-            check_architecture(self.model, ckpt_path)
+            data = self.datamodule.hparams if self.subcommand == "fit" else None
+            check_continuation(ckpt_path, self.model, self.config[self.subcommand].model, data)
         if self.subcommand == "fit":
             checks.check_fit(self.trainer, self.model, self.datamodule)
         for callback in self.trainer.callbacks:
@@ -174,12 +172,12 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
                 state=state,
             )
         except Exception as err:
-            failure = distributed_failure(err) or checks.trainer_setting_error(err)
+            failure = distributed_failure(err) or checks.lightning_setting_error(err)
             if failure is None:
                 raise
             raise failure from err
 
-    return run_command("vae-lightning", build, interrupted=lambda: checks.saved_on_interrupt(state.get("trainer")))
+    return run_command("vae-lightning", build, lambda: checks.saved_on_interrupt(state.get("trainer")))
 
 
 def main(args: ArgsType = None) -> None:

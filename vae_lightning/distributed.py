@@ -7,96 +7,64 @@ import os
 import traceback
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.distributed import DistStoreError
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from vae_lightning.errors import ConfigError, RunStopped, first_line
 
 TORCH_DISTRIBUTED = os.path.dirname(torch.distributed.__file__)  # where torch's collectives are called
 
 
-def attached_trainer(module: LightningModule) -> Trainer | None:
-    """The Trainer running `module`, or None when it runs outside one (`module.trainer` raises then)."""
-    try:
-        return module.trainer
-    except RuntimeError:
-        return None
-
-
 def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
-    """Concatenate every rank's `rows` (N_r, ...) along dim 0, ranks in order; N_r may differ.
-
-    Pads each rank's rows to the longest, all-gathers on the module's device, trims the padding.
-    Returns the rows on the module's device; on a single process returns `rows` unchanged.
-    """
-    trainer = attached_trainer(module)
-    if trainer is None or trainer.world_size == 1:
+    """Every rank's `rows` (N_r, ...; N_r may differ) concatenated in rank order; on one process, `rows` unchanged."""
+    try:
+        world_size = module.trainer.world_size
+    except RuntimeError:  # not attached to a Trainer
         return rows
-    rows = rows.to(module.device)
-    lengths = module.all_gather(torch.tensor(len(rows), device=module.device)).tolist()  # (world,)
-    padded = rows.new_zeros(max(lengths), *rows.shape[1:])
-    padded[: len(rows)] = rows
-    gathered = module.all_gather(padded)  # (world, max_len, ...)
-    return torch.cat([gathered[r, :n] for r, n in enumerate(lengths)])
+    return rows if world_size == 1 else torch.cat(gather_all_tensors(rows.to(module.device)))
 
 
 def release_process_group() -> None:
-    """Destroy this process's default process group, if there is one (call it on every rank when the
-    run is over). Lightning does this at exit for NCCL alone; a gloo group left to the interpreter's
-    finalization can abort a process whose run succeeded ("terminate called without an active
-    exception", SIGABRT: gloo's worker threads still hold tensors while Python is torn down)."""
+    """Destroy this process's default process group, if any (every rank, after the run). Lightning does so for NCCL
+    alone; a gloo group left to Python's teardown can abort (SIGABRT) a process whose run succeeded."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
-def launched_processes(environ: dict[str, str] | None = None) -> tuple[str, int, int] | None:
-    """(launcher, nodes, processes per node) of the torchrun or Slurm job this process belongs to, read from
-    the environment each sets for its processes (as Lightning's cluster environments detect them); None
-    when neither started it."""
-    env = os.environ if environ is None else environ
-    if "TORCHELASTIC_RUN_ID" in env and "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:
-        world, local = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
-        return "torchrun", world // max(local, 1), local
-    if "SLURM_NTASKS" in env and "SLURM_NNODES" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
-        nodes, tasks = int(env["SLURM_NNODES"]), int(env["SLURM_NTASKS"])
-        return "srun", nodes, tasks // max(nodes, 1)
-    return None
-
-
 def check_launch(num_nodes: int, devices: object, environ: dict[str, str] | None = None) -> None:
-    """Refuse, before anything starts, a `trainer.num_nodes` or `trainer.devices` that does not match the
-    processes torchrun or Slurm started (Lightning stops with a traceback there, or the ranks wait on
-    each other). `devices` is checked when it is a count or a list; "auto" and -1 are Lightning's."""
-    launched = launched_processes(environ)
-    if launched is None:
+    """Refuse a `trainer.num_nodes` or `trainer.devices` (a count or a list) that does not match the processes
+    torchrun or Slurm started, as their environment says (else the ranks wait on each other, or Lightning stops)."""
+    env = os.environ if environ is None else environ
+    if {"TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"} <= set(env):
+        launcher, flags, per_node = "torchrun", "--nnodes and --nproc-per-node", int(env["LOCAL_WORLD_SIZE"])
+        nodes = int(env["WORLD_SIZE"]) // max(per_node, 1)
+    elif {"SLURM_NTASKS", "SLURM_NNODES"} <= set(env) and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        launcher, flags, nodes = "srun", "sbatch --nodes and --ntasks-per-node", int(env["SLURM_NNODES"])
+        per_node = int(env["SLURM_NTASKS"]) // max(nodes, 1)
+    else:
         return
-    launcher, nodes, per_node = launched
     count = len(devices) if isinstance(devices, (list, tuple)) else devices
     wrong_devices = isinstance(count, int) and not isinstance(count, bool) and count > 0 and count != per_node
-    if num_nodes == nodes and not wrong_devices:
-        return
-    flags = "--nnodes and --nproc-per-node" if launcher == "torchrun" else "sbatch --nodes and --ntasks-per-node"
-    raise ConfigError(
-        f"trainer.num_nodes={num_nodes} and trainer.devices={devices} do not match the {nodes * per_node} "
-        f"processes {launcher} started ({nodes} node(s) x {per_node} per node, its {flags}): set "
-        f"--trainer.num_nodes {nodes} --trainer.devices {per_node}."
-    )
+    if num_nodes != nodes or wrong_devices:
+        raise ConfigError(
+            f"trainer.num_nodes={num_nodes} and trainer.devices={devices} do not match the {nodes * per_node} "
+            f"processes {launcher} started ({nodes} node(s) x {per_node} per node, its {flags}): set "
+            f"--trainer.num_nodes {nodes} --trainer.devices {per_node}."
+        )
 
 
 def distributed_failure(err: BaseException) -> Exception | None:
-    """What a distributed run that failed in torch.distributed says, by where the error arose: while joining the
-    process group (`init_process_group`: a rendezvous nobody answered), a setting to fix (ConfigError); in a
-    collective later (a `DistError`, or gloo's RuntimeError), a peer gone or silent (RunStopped); None for any
-    other error."""
-    link: BaseException | None = err
-    seen: list[BaseException] = []
-    while link is not None and link not in seen:
+    """A failure in torch.distributed, by where it arose: joining the process group, a rendezvous nobody answered
+    (ConfigError); a collective later (`DistError`, gloo's RuntimeError), a peer gone (RunStopped); else None."""
+    link, seen = err, []
+    while link is not None and link not in seen:  # `err`, then what it was raised from or during
         seen.append(link)
         frames = traceback.extract_tb(link.__traceback__)
-        in_torch_distributed = bool(frames) and frames[-1].filename.startswith(TORCH_DISTRIBUTED)
-        if isinstance(link, torch.distributed.DistError) or (isinstance(link, RuntimeError) and in_torch_distributed):
-            if "init_process_group" in {frame.name for frame in frames} or isinstance(link, DistStoreError):
+        in_torch = bool(frames) and frames[-1].filename.startswith(TORCH_DISTRIBUTED)
+        if isinstance(link, torch.distributed.DistError) or isinstance(link, RuntimeError) and in_torch:
+            if isinstance(link, DistStoreError) or any(frame.name == "init_process_group" for frame in frames):
                 where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
                 return ConfigError(
                     f"cannot reach the rendezvous at {where} ({first_line(link)[:160]}): start the node of rank 0 "

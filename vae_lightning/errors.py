@@ -1,10 +1,6 @@
-"""The one error policy of every command: what a user must fix is one line and exit 2, a run that stopped is
-one line and exit 1, Ctrl-C is exit 130, anything else is a bug and keeps its traceback.
-
-Errors other libraries raise are attributed by where they arose, never by their wording: each configured
-piece is built (or run) inside `attributed(field)`, which turns what it raises into a `ConfigError` naming
-that field and keeping the library's own first line.
-"""
+"""The one error policy of every command: what a user must fix is one line and exit 2, a run that stopped one line
+and exit 1, Ctrl-C exit 130, anything else is a bug and keeps its traceback. Other libraries' errors are attributed
+by where they arose (`attributed(field)` around each configured piece), never by their wording."""
 
 from __future__ import annotations
 
@@ -23,20 +19,7 @@ class ConfigError(ValueError):
 
 
 class RunStopped(RuntimeError):
-    """A run that stopped for a reason the user can act on: a non-finite loss, a checkpoint that could not be
-    written (printed as one line, exit 1)."""
-
-
-def own_error(err: BaseException) -> ConfigError | None:
-    """The first ConfigError among `err` and the exceptions it was raised from or during (another library may
-    wrap ours, as jsonargparse does when a class it builds refuses its arguments)."""
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        if isinstance(err, ConfigError):
-            return err
-        seen.append(err)
-        err = err.__cause__ or err.__context__
-    return None
+    """A run stopped for a reason the user can act on, e.g. a non-finite loss or a full disk (one line, exit 1)."""
 
 
 def first_line(err: BaseException) -> str:
@@ -47,8 +30,7 @@ def first_line(err: BaseException) -> str:
 
 @contextmanager
 def attributed(field: str, fix: str = "") -> Iterator[None]:
-    """Within the block, an exception other than our own becomes a ConfigError that names `field` (the
-    piece being built or run) and `fix`, with the raising library's first line."""
+    """Another library's exception in the block becomes a ConfigError naming `field`, its first line and `fix`."""
     try:
         yield
     except (ConfigError, RunStopped):
@@ -57,28 +39,20 @@ def attributed(field: str, fix: str = "") -> Iterator[None]:
         raise ConfigError(f"{field}: {first_line(err)}{f'. Fix: {fix}' if fix else ''}.") from err
 
 
-def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T:
-    """Run `command` under the error policy, with `prog` starting each line.
-
-    Args:
-        prog: the command's name, e.g. `vae-lightning`.
-        command: what to run.
-        interrupted: says what was saved when Ctrl-C stopped the command.
-    """
+def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], str] = lambda: "") -> T:
+    """Run `command` under the error policy, each line starting with `prog`; `interrupted` says what Ctrl-C saved."""
     try:
         return command()
     except (ConfigError, RunStopped) as err:
         if os.environ.get(DEBUG):
             raise
         status, kind = (2, "error") if isinstance(err, ConfigError) else (1, "stopped")
-        message = str(err)
-        if err.__cause__ is not None and not isinstance(err.__cause__, (ConfigError, RunStopped)):
-            message += f" ({DEBUG}=1 shows the traceback)"
-        print(f"{prog}: {kind}: {message}", file=sys.stderr)
+        cause = err.__cause__
+        hint = f" ({DEBUG}=1 shows the traceback)" if cause and not isinstance(cause, (ConfigError, RunStopped)) else ""
+        print(f"{prog}: {kind}: {err}{hint}", file=sys.stderr)
         raise SystemExit(status) from err
     except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not isinstance(err.__context__, KeyboardInterrupt):
             raise  # Lightning exits 1 after its clean-up of a Ctrl-C; any other exit passes through
-        saved = interrupted() if interrupted else ""
-        print(f"{prog}: interrupted (Ctrl-C); {saved or 'nothing was saved'}.", file=sys.stderr)
+        print(f"{prog}: interrupted (Ctrl-C); {interrupted() or 'nothing was saved'}.", file=sys.stderr)
         raise SystemExit(130) from err

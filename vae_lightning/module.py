@@ -1,7 +1,5 @@
 """`VAELitModule`: the VAE itself; how a machine runs it is the business of `vae_lightning.callbacks`."""
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -26,8 +24,8 @@ EVAL_SEED = 0  # validation and test draw one z per image, a fixed function of t
 class VAELitModule(LightningModule):
     """A VAE: q(z|x) = N(mu, diag sigma^2) from the encoder, p(z) = N(0, I), Bernoulli p(x|z) from the decoder.
 
-    Logged, in nats per image: `<stage>/loss` (the objective), `/recon`, `/kl`, `/nelbo` (recon + kl), for train
-    per step (exact epoch means: `train/<term>_epoch`), val and test (means over every image, one seeded z each).
+    Logs, in nats per image, `<stage>/loss` (the objective), `/recon`, `/kl` and `/nelbo` (recon + kl): train per
+    step and as exact epoch means (`train/<term>_epoch`), val and test as means over every image (one seeded z each).
 
     Args:
         encoder: (B, 1, 28, 28) -> (mu, logvar), each (B, latent_dim).
@@ -35,11 +33,9 @@ class VAELitModule(LightningModule):
         latent_dim: size of z; the CLI links it into the encoder and decoder.
         recon_weight: weight of the reconstruction term (0 trains the KL term alone).
         kl_weight: weight of the KL term (0 trains the reconstruction term alone).
-        objective: what training minimises. `elbo`: recon_weight * recon + kl_weight * kl, recon averaged over
-            `train_samples` draws of z. `iwae`: minus Burda et al.'s (2015) bound, k = `train_samples` (weights 1).
-        train_samples: draws of z per training image (k).
-        gradient_estimator: `iwae`'s gradient: `standard` (the bound's own) or `dreg` (doubly reparameterized,
-            Tucker et al. 2018: the same expectation; the encoder's signal-to-noise ratio does not fall with k).
+        objective: what training minimises: `elbo` (recon_weight * recon + kl_weight * kl) or `iwae` (Burda et al.).
+        train_samples: draws of z per training image (k): `elbo` averages recon over them, `iwae` bounds with them.
+        gradient_estimator: `iwae`'s gradient: `standard` or `dreg` (Tucker et al. 2018: a less noisy encoder's).
         optimizer: optimizer class and arguments.
         lr_scheduler: optional, stepped once per epoch (a ReduceLROnPlateau watches `val/nelbo`).
     """
@@ -64,13 +60,13 @@ class VAELitModule(LightningModule):
         self.recon_weight, self.kl_weight, self.objective = recon_weight, kl_weight, objective
         self.train_samples, self.gradient_estimator = train_samples, gradient_estimator
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        # What the model is goes into its checkpoint: class_path dicts under the CLI (rebuilt with no code run);
-        # objects built in Python are left out (no pickled code): pass them again to load_from_checkpoint.
+        # The checkpoint keeps the CLI's class_path dicts (rebuilt with no code run), not objects built in Python
+        # (no pickled code): pass those again to load_from_checkpoint.
         with warnings.catch_warnings():  # Lightning warns of nn.Module values, which are dropped just below
             warnings.simplefilter("ignore", UserWarning)
             self.save_hyperparameters()
         for key in ("encoder", "decoder", "optimizer", "lr_scheduler"):
-            if self.hparams.get(key) is not None and not isinstance(self.hparams[key], dict):
+            if not isinstance(self.hparams.get(key), (dict, type(None))):
                 del self.hparams[key]
         # Exact epoch means over images, reduced across processes; a skipped non-finite training batch is left out.
         nan = {"train": "ignore", "val": "disable", "test": "disable"}
@@ -95,15 +91,13 @@ class VAELitModule(LightningModule):
         return self.decode(torch.randn(n, self.latent_dim, generator=generator, device=self.device))
 
     def terms(self, x: Tensor, eps: Tensor | None = None, objective: str | None = None) -> objectives.Terms:
-        """The per-image terms (B,) of images x for draws eps (K, B, L) (default: `train_samples` fresh
-        draws); `objective` overrides the model's (evaluation scores the weighted ELBO)."""
+        """The per-image terms (B,) of images x for draws eps (K, B, L) (default: `train_samples` fresh draws);
+        `objective` overrides the model's (evaluation scores the weighted ELBO)."""
         mu, logvar = self.encoder(x)
         if eps is None:
             eps = torch.randn(self.train_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        objective = objective or self.objective
-        return objectives.vae_terms(
-            x, mu, logvar, eps, self.decoder, objective, self.recon_weight, self.kl_weight, self.gradient_estimator
-        )
+        weights = self.recon_weight, self.kl_weight, self.gradient_estimator
+        return objectives.vae_terms(x, mu, logvar, eps, self.decoder, objective or self.objective, *weights)
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         terms = self.terms(batch[0])
@@ -137,7 +131,7 @@ class VAELitModule(LightningModule):
             self.means[f"{stage}_{name}"].update(values.detach())
 
     def _log_means(self, stage: str, suffix: str = "") -> None:
-        """The epoch's means over every image, on every process, logged once (not as a metric every step)."""
+        """The epoch's means over every image, on every process, logged once."""
         for name in TERMS:
             metric = self.means[f"{stage}_{name}"]
             self.log(f"{stage}/{name}{suffix}", metric.compute().float(), sync_dist=True)  # equal on every rank

@@ -1,9 +1,8 @@
-"""Latents in the loggers' embedding projectors: TensorBoard's and W&B's 2-D projection panel.
+"""Latents in the loggers' embedding projectors: TensorBoard's Projector tab and W&B's 2-D projection panel.
 
-Both projectors take the points in all latent dimensions and project them themselves (PCA, t-SNE,
-UMAP in their pages), with each point's digit and image, so a user can look for the images behind
-a cluster or a gap. `vae-lightning predict` sends its split's latents; `LatentScatter(projector=true)`
-sends the ones it plots, at its epochs.
+Both take the points in all latent dimensions and project them themselves (PCA, t-SNE, UMAP), showing each point's
+digit and image, so a user can look for the images behind a cluster or a gap. `vae-lightning predict` sends its
+split's latents; `LatentScatter(projector=true)` the ones it plots, at its epochs.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-import numpy
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from torch import Tensor
@@ -34,37 +32,27 @@ def has_projector(logger: Logger) -> bool:
 
 
 def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> None:
-    """Send `embedding` to every TensorBoard and W&B logger in `loggers` (those `has_projector` names).
+    """Send `embedding` to every TensorBoard and W&B logger in `loggers`; call on rank 0.
 
-    TensorBoard: `add_embedding` writes the points, a metadata table (digit, index) and a sprite of the
-    images under the logger's folder, with the `projector_config.pbtxt` its Projector tab reads. W&B: a
-    `wandb.Table` under `tag` with columns index, digit, image and z0..z{L-1}; its 2-D projection panel
-    projects the z columns and shows each point's image. Call on rank 0.
+    TensorBoard: `add_embedding` writes the points, a metadata table (digit, index) and a sprite of the images, with
+    the `projector_config.pbtxt` its Projector tab reads. W&B: a `wandb.Table` under `tag` with columns index, digit,
+    image and z0..z{L-1}; its 2-D projection panel projects the z columns and shows each point's image.
     """
-    mu, labels, index = embedding.mu.detach().float().cpu(), embedding.labels.cpu(), embedding.index.cpu()
+    mu, labels, index = embedding.mu.detach().float().cpu(), embedding.labels.tolist(), embedding.index.tolist()
     images = embedding.images.detach().float().cpu().clamp(0.0, 1.0)
     reached = []
-    for logger in loggers:
+    for logger in filter(has_projector, loggers):
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_embedding(
-                mu,
-                metadata=[[str(int(d)), str(int(i))] for d, i in zip(labels, index)],
-                metadata_header=["digit", "index"],
-                label_img=images,
-                global_step=step,
-                tag=tag,
-            )
+            metadata = [[str(d), str(i)] for d, i in zip(labels, index)]
+            logger.experiment.add_embedding(mu, metadata, images, step, tag, metadata_header=["digit", "index"])
             logger.experiment.flush()
             reached.append("TensorBoard")
-        elif isinstance(logger, WandbLogger):
+        else:
             import wandb  # a declared dependency; imported here as only W&B runs need it
 
-            pixels = images.mul(255).round().to(torch.uint8).squeeze(1).numpy()
+            pixels = images.mul(255).round().to(torch.uint8).squeeze(1).numpy()  # (N, 28, 28)
             columns = ["index", "digit", "image", *(f"z{d}" for d in range(mu.shape[1]))]
-            rows = [
-                [int(i), int(d), wandb.Image(numpy.ascontiguousarray(p)), *point]
-                for i, d, p, point in zip(index, labels, pixels, mu.tolist())
-            ]
+            rows = [[i, d, wandb.Image(p), *z] for i, d, p, z in zip(index, labels, pixels, mu.tolist())]
             logger.log_table(key=tag, columns=columns, data=rows, step=step)
             reached.append("W&B")
     if reached:

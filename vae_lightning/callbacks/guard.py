@@ -1,7 +1,4 @@
-"""`NonFiniteGuard`: a non-finite loss stops the run (or skips that batch's update) before it reaches the weights
-or a checkpoint."""
-
-from __future__ import annotations
+"""`NonFiniteGuard`: a non-finite loss stops the run (or skips its update) before the weights or a checkpoint."""
 
 import math
 from pathlib import Path
@@ -13,18 +10,13 @@ from torch import Tensor
 
 from vae_lightning.errors import RunStopped
 
-# Under `skip`, a run stops once more than this share of an epoch's training batches were skipped: it is not
-# learning from its data any more, and its checkpoints would only record that.
-SKIP_LIMIT = 0.5
+SKIP_LIMIT = 0.5  # share of an epoch's batches skipped beyond which a run is no longer learning from its data
 
 
 class NonFiniteGuard(Callback):
-    """Checks every training loss before the update, and every validation epoch before a checkpoint keeps it.
-
-    A non-finite training loss (on any process: they all agree) stops the run naming the step, the batch and
-    the last good checkpoint, or with `policy: skip` drops that batch's update (the optimizer steps over no
-    gradients; the run still stops once over half of an epoch's batches were skipped). A non-finite
-    validation mean always stops the run.
+    """A non-finite training loss stops the run before the update, naming the step, the batch and the last good
+    checkpoint, or with `policy: skip` drops that batch's update (stopping once over half of an epoch's batches
+    were). A non-finite validation mean stops the run before a checkpoint keeps it.
 
     Args:
         policy: `stop` or `skip`.
@@ -39,29 +31,26 @@ class NonFiniteGuard(Callback):
         self.skipped = 0
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
-        bad = not math.isfinite(loss.item())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        self.skip_next_update = bad
-        if not bad:
+        bad = not math.isfinite(loss.item())  # on any process: they all skip, or all stop
+        self.skip_next_update = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not self.skip_next_update:
             return
-        epoch_loop = trainer.fit_loop.epoch_loop
-        where = (
-            f"global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
-            f"{epoch_loop.batch_progress.current.ready - 1} of the epoch; loss={loss.item():.4g})"
-        )
+        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        where = f"global step {trainer.global_step} (epoch {epoch}, batch {batch} of the epoch; loss={loss.item():.4g})"
         if self.policy == "stop":
-            raise RunStopped(
-                f"non-finite loss at {where}; stopped before it could update the weights. Last good checkpoint: "
-                f"{last_good_checkpoint(trainer)}. Lower the learning rate, or set nonfinite.policy: skip."
+            stop(
+                trainer,
+                f"non-finite loss at {where}; stopped before it could update the weights",
+                "set nonfinite.policy: skip",
             )
         rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (nonfinite.policy: skip).")
         self.skipped += 1
         if self.skipped > SKIP_LIMIT * trainer.num_training_batches:
-            raise RunStopped(
+            stop(
+                trainer,
                 f"{self.skipped} of this epoch's {trainer.num_training_batches} training batches gave a non-finite "
-                f"loss, more than nonfinite.policy: skip allows ({SKIP_LIMIT:.0%}); stopped at {where}. Last good "
-                f"checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate, or look for bad data."
+                f"loss, more than nonfinite.policy: skip allows ({SKIP_LIMIT:.0%}); stopped at {where}",
+                "look for bad data",
             )
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
@@ -71,20 +60,19 @@ class NonFiniteGuard(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Runs before the checkpoint callbacks' own `on_validation_end` (Lightning calls those last)."""
-        if trainer.sanity_checking:
-            return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            raise RunStopped(
-                f"validation after epoch {trainer.current_epoch} gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
-                f"stopped before a checkpoint recorded it. Last good checkpoint: {last_good_checkpoint(trainer)}. "
-                "Lower the learning rate, or look for inputs the networks cannot handle."
+        bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+        if bad and not trainer.sanity_checking:
+            stop(
+                trainer,
+                f"validation after epoch {trainer.current_epoch} gave {bad}; stopped before a checkpoint recorded it",
+                "look for inputs the networks cannot handle",
             )
 
 
-def last_good_checkpoint(trainer: Trainer) -> str:
-    """This run's newest checkpoint file (its last.ckpt or best), else a note that there is none."""
+def stop(trainer: Trainer, what: str, fix: str) -> None:
+    """Raise RunStopped: `what`, this run's newest checkpoint (its last.ckpt or best), and `fix`."""
     paths = [Path(p) for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
     paths = [p for p in paths if p.is_file()]
-    return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else "none written yet in this run"
+    last = str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else "none written yet in this run"
+    raise RunStopped(f"{what}. Last good checkpoint: {last}. Lower the learning rate, or {fix}.")

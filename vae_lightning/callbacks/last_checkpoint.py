@@ -1,7 +1,5 @@
 """`LastCheckpoint`: Lightning's ModelCheckpoint keeping `last.ckpt`, the latest state of training."""
 
-from __future__ import annotations
-
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,9 +9,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`<run dir>/checkpoints/last.ckpt`, rewritten at the end of every training epoch (after its validation),
-    also every `every_n_train_steps` steps if set, and when Ctrl-C or an error stops training. A class of its
-    own so that its saved state never clashes with another ModelCheckpoint that monitors nothing.
+    """`<run dir>/checkpoints/last.ckpt`, rewritten at the end of every training epoch (after its validation), every
+    `every_n_train_steps` steps if set, and when Ctrl-C or an error stops training. A class of its own, so that its
+    saved state never clashes with another ModelCheckpoint that monitors nothing.
 
     Args:
         dirpath: folder for last.ckpt; default the run's `checkpoints` folder.
@@ -27,20 +25,19 @@ class LastCheckpoint(ModelCheckpoint):
         every_n_train_steps: NonNegativeInt = 0,
         train_time_interval: timedelta | None = None,
     ) -> None:
-        self.every_n_train_steps = int(every_n_train_steps)
+        self.steps = int(every_n_train_steps)
         super().__init__(
             dirpath=dirpath,
             filename="last",
             enable_version_counter=False,
             save_on_exception=True,
             save_on_train_epoch_end=True,
-            every_n_train_steps=int(every_n_train_steps) or None,
+            every_n_train_steps=self.steps or None,
             train_time_interval=train_time_interval,
         )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Saving by steps: an epoch's end is saved too, so the run's final state always is."""
         super().on_train_epoch_end(trainer, pl_module)
-        steps = self.every_n_train_steps
-        if steps and trainer.global_step % steps and not trainer.fast_dev_run and self.dirpath is not None:
+        if self.steps and trainer.global_step % self.steps and not trainer.fast_dev_run and self.dirpath is not None:
             trainer.save_checkpoint(Path(self.dirpath) / "last.ckpt")

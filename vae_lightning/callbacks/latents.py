@@ -1,7 +1,4 @@
-"""`LatentWriter`: `vae-lightning predict` writes every image's posterior to one file, and sends them to the
-loggers' embedding projectors."""
-
-from __future__ import annotations
+"""`LatentWriter`: `vae-lightning predict` writes every image's posterior to a file and to embedding projectors."""
 
 import logging
 from pathlib import Path
@@ -21,17 +18,10 @@ KEYS = ("mu", "logvar", "label", "index")
 
 
 class LatentWriter(Callback):
-    """Writes the predict split's posteriors to `<output_dir>/latents_<split>.pt`.
-
-    The file is one dict, loaded with `torch.load(path)`: CPU tensors in dataset order, `mu` (N, L)
-    posterior means, `logvar` (N, L) log-variances, `label` (N,) digits, `index` (N,) positions in the
-    split; and what made them, `checkpoint` (its absolute path) and `checkpoint_sha256` (None when
-    predicting without a checkpoint). Under DDP every rank's rows are gathered and rank 0 writes once.
-    The CLI refuses, before predicting, to replace an earlier file (unless --overwrite true).
-
-    The first `projector_points` of them (in dataset order), with their digits and images, also go to
-    the embedding projector of every attached TensorBoard or W&B logger (`vae_lightning.projector`),
-    under the tag `latents/<split>`.
+    """Writes the predict split's posteriors to `<output_dir>/latents_<split>.pt` (every rank's rows, by rank 0),
+    a dict of CPU tensors in dataset order: `mu`, `logvar` (N, L), `label`, `index` (N,), with `checkpoint` and
+    `checkpoint_sha256` (None without one). The first `projector_points`, with digits and images, go to every
+    TensorBoard or W&B logger's embedding projector (`vae_lightning.projector`) as `latents/<split>`.
 
     Args:
         output_dir: folder for the file; default: the run's folder (`vae_lightning.runs.run_dir`).
@@ -39,8 +29,7 @@ class LatentWriter(Callback):
     """
 
     def __init__(self, output_dir: str | None = None, projector_points: NonNegativeInt = 10000) -> None:
-        self.output_dir = output_dir
-        self.projector_points = projector_points
+        self.output_dir, self.projector_points = output_dir, projector_points
         self.last_path: Path | None = None
         self._rows: dict[str, list[torch.Tensor]] = {}
 

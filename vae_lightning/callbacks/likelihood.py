@@ -1,7 +1,4 @@
-"""`TestLikelihood`: `test/nll`, the importance-sampled negative log-likelihood of every test image, and its
-Monte-Carlo standard error `test/nll_mc_se`."""
-
-from __future__ import annotations
+"""`TestLikelihood`: `test/nll`, the importance-sampled negative log-likelihood of the test images."""
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -16,18 +13,15 @@ from vae_lightning.errors import attributed
 
 
 class TestLikelihood(Callback):
-    """Logs `test/nll` (nats per image, mean over the test set) with `samples` importance samples per image
-    from q(z|x), and `test/nll_mc_se`, the Monte-Carlo standard error of that mean (the delta-method
-    variance of each image's estimate, `objectives.monte_carlo_variance`, summed: sqrt(sum) / N).
-
-    Each image's samples are a fixed function of `seed` and its index in the split, so the value does not
-    depend on the batch size, the process count or the number of CPU threads. On a CPU a batch's images
-    are split between torch's threads, one core each (`callbacks.speed.map_one_core_each`).
+    """Logs `test/nll` (nats per image, mean over the test set) from `samples` importance samples per image of
+    q(z|x), and `test/nll_mc_se`, its Monte-Carlo standard error (from `objectives.monte_carlo_variance`). Each
+    image's samples are a function of `seed` and its index in the split, so the value does not depend on the batch
+    size, the process count or the CPU threads; on a CPU the images are split between cores (`map_one_core_each`).
 
     Args:
         samples: importance samples per test image (k); 0: no `test/nll`.
-        chunk_size: at most this many (sample, image) pairs are decoded at once, which bounds the memory
-            whatever k is; the conv decoder holds ~90 KB per pair: use ~128.
+        chunk_size: at most this many (sample, image) pairs are decoded at once, which bounds the memory whatever
+            k is; the conv decoder holds ~90 KB per pair: use ~128.
         seed: seeds the samples.
     """
 
@@ -35,7 +29,6 @@ class TestLikelihood(Callback):
 
     def __init__(self, samples: NonNegativeInt = 1000, chunk_size: PositiveInt = 2048, seed: int = 0) -> None:
         self.samples, self.chunk_size, self.seed = samples, chunk_size, seed
-        # sums over the epoch's images of the estimates and of their variances, and the number of images
         self.sums = {key: SumMetric().set_dtype(torch.float64) for key in ("nll", "variance", "images")}
 
     def estimate(self, model: LightningModule, x: Tensor, index: Tensor) -> objectives.NLLEstimate:
@@ -65,20 +58,18 @@ class TestLikelihood(Callback):
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self.samples:
-            return
-        x, _, index = batch
-        with attributed("test_likelihood", "lower test_likelihood.chunk_size (memory) or samples (time)"):
-            nll, variance = self.estimate(pl_module, x, index)
-        self.sums["nll"].update(nll.sum())
-        self.sums["variance"].update(variance.sum())
-        self.sums["images"].update(len(x))
+        if self.samples:
+            x, _, index = batch
+            with attributed("test_likelihood", "lower test_likelihood.chunk_size (memory) or samples (time)"):
+                nll, variance = self.estimate(pl_module, x, index)
+            for key, value in (("nll", nll.sum()), ("variance", variance.sum()), ("images", len(x))):
+                self.sums[key].update(value)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.samples:
             return
-        totals = {key: metric.compute() for key, metric in self.sums.items()}  # over every process
-        if totals["images"] > 0:
-            pl_module.log("test/nll", (totals["nll"] / totals["images"]).float(), sync_dist=True)
+        nll, variance, images = (metric.compute() for metric in self.sums.values())  # over every process
+        if images > 0:
+            pl_module.log("test/nll", (nll / images).float(), sync_dist=True)
             if self.samples > 1:  # one sample has no spread to estimate an error from
-                pl_module.log("test/nll_mc_se", (totals["variance"].sqrt() / totals["images"]).float(), sync_dist=True)
+                pl_module.log("test/nll_mc_se", (variance.sqrt() / images).float(), sync_dist=True)

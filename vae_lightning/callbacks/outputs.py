@@ -1,31 +1,21 @@
 """`OutputFolders`: before a run writes anything, every folder it will write to is checked."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vae_lightning import runs
 from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.callbacks.last_checkpoint import LastCheckpoint
 from vae_lightning.errors import attributed
-from vae_lightning.runs import (
-    check_writable,
-    highest_missing,
-    logger_root,
-    planned_run_dir,
-    refuse_earlier_outputs,
-    remove_if_unused,
-)
 
 
 class OutputFolders(Callback):
-    """Refuses, before any work, output folders that cannot be written or hold another run's files: the logger's
-    run folder, the checkpoint folders, the experiments' figures and `predict`'s file. A resumed fit may write
-    beside the checkpoint it continues. Folders the run creates are removed again when it ends in an error
-    before writing into them. The CLI calls `check` before the Trainer starts (which creates the logger's
-    folder before any callback's `setup`); otherwise `setup` does. Off: `--outputs null`.
+    """Refuses, before any work, output folders that cannot be written or hold another run's files (the logger's
+    run folder, the checkpoint folders, the experiments' figures, `predict`'s file); a resumed fit may write beside
+    the checkpoint it continues. Folders the run creates are removed again if it fails before writing into them.
+    The CLI calls `check` before the Trainer creates the logger's folder; otherwise `setup` does.
 
     Args:
         overwrite: let this run replace what an earlier run left where it writes (the CLI's `--overwrite`).
@@ -46,12 +36,12 @@ class OutputFolders(Callback):
         if not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes no files
             return
         with attributed("trainer.logger", "shorten or fix its save_dir and name"):  # e.g. a part over 255 bytes
-            run = planned_run_dir(trainer)
+            run = runs.planned_run_dir(trainer)
         outputs = []  # (field, folder, files that would be replaced)
         if trainer.loggers and run is not None:
             outputs.append(("trainer.logger", run, "*"))
         elif trainer.loggers:  # the logger names its run's folder only once it starts (W&B): a new one each run
-            check_writable(logger_root(trainer), "trainer.logger")
+            runs.check_writable(runs.logger_root(trainer), "trainer.logger")
         for callback in trainer.callbacks:
             name = type(callback).__name__
             if stage == "fit" and isinstance(callback, ModelCheckpoint):
@@ -66,14 +56,14 @@ class OutputFolders(Callback):
         if stage == "fit" and ckpt_path and Path(ckpt_path).is_file():  # continues in its folders
             continued = Path(ckpt_path).resolve().parent
             outputs = [o for o in outputs if o[1].resolve() not in (continued, *continued.parents)]
-        refuse_earlier_outputs(outputs, self.overwrite)
+        runs.refuse_earlier_outputs(outputs, self.overwrite)
         for _, folder, _ in outputs:
             remove_stale_temporaries(folder)
-            top = highest_missing(folder)
+            top = runs.highest_missing(folder)
             if top is not None:
                 self.new_folders.append(top)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         for folder in self.new_folders:
-            remove_if_unused(folder)
+            runs.remove_if_unused(folder)
         self.new_folders = []

@@ -1,7 +1,5 @@
 """`ExactResume`: every process's random state in the checkpoint, so a resumed fit repeats an uninterrupted one."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
@@ -19,9 +17,8 @@ class ExactResume(Callback):
         if pl_module.device.type == "cuda":
             states["cuda"] = torch.cuda.get_rng_state(pl_module.device)
         # (world, ...) each: every rank's state, gathered (every rank saves; rank 0 writes)
-        checkpoint["rng_states"] = {k: pl_module.all_gather(v.to(pl_module.device)).cpu() for k, v in states.items()}
-        if trainer.world_size == 1:
-            checkpoint["rng_states"] = {k: v.unsqueeze(0) for k, v in checkpoint["rng_states"].items()}
+        gathered = {k: pl_module.all_gather(v.to(pl_module.device)).cpu() for k, v in states.items()}
+        checkpoint["rng_states"] = {k: v.view(trainer.world_size, -1) for k, v in gathered.items()}
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")

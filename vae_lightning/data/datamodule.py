@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Literal
 
 import torch
@@ -25,28 +24,24 @@ Split = Literal["train", "val", "test"]
 class MNISTDataModule(LightningDataModule):
     """MNIST from its four IDX files, held in memory, served in batches gathered by index.
 
-    Splits: `val_size` images of the official 60,000 training images, chosen by a permutation
-    seeded with `seed`, for validation; the rest for training; the official 10,000 for test.
-
-    Pixels (`binarize`): `none` gives x/255 in [0, 1]; `dynamic` draws fresh Bernoulli(x/255)
-    pixels every time a training image is served (validation and test images are binarized once,
-    with `seed`, so evaluation is repeatable); `static` binarizes every image once, with `seed`.
+    Splits: `val_size` of the official 60,000 training images (a permutation seeded with `seed`) for validation,
+    the rest for training, the official 10,000 for test. Pixels (`binarize`): `none` gives x/255 in [0, 1];
+    `dynamic` draws fresh Bernoulli(x/255) pixels every time a training image is served (validation and test
+    images are binarized once, with `seed`, so evaluation is repeatable); `static` binarizes every image once.
 
     Args:
-        data_dir: folder holding `MNIST/raw/<file>`; default `$VAE_LIGHTNING_DATA_DIR`, else the
-            user cache (`~/.cache/vae-lightning`), so it is fetched once per user, not per run.
+        data_dir: folder holding `MNIST/raw/<file>`; default `$VAE_LIGHTNING_DATA_DIR`, else the user cache
+            (`~/.cache/vae-lightning`), so it is fetched once per user, not per run.
         batch_size: global training batch size, split evenly across DDP processes.
-        val_size: number of training images held out for validation; 0 trains on all 60,000 and
-            validates nothing (no `val/*` metrics, no best checkpoint: `last.ckpt` only).
+        val_size: training images held out for validation; 0 trains on all 60,000 and validates nothing (no
+            `val/*` metrics, no best checkpoint: `last.ckpt` only).
         seed: seeds the validation split, the shuffling and the binarization.
         binarize: `none`, `dynamic` or `static` (see above).
-        download: fetch missing files (torchvision's download, then the package index); if false,
-            only files already in `data_dir` are used.
+        download: fetch missing files (torchvision's download, else the package index); false: only files there.
         eval_batch_size: global batch size for validation, test and predict (no gradients, so larger).
         predict_split: the split `predict` runs on.
         data_on_device: keep the splits on the accelerator (CUDA) so batches never cross the bus.
-        checksums: SHA-256 of each uncompressed file by name, replacing the official ones; only for
-            IDX files of your own (the tests' tiny sets).
+        checksums: SHA-256 of each uncompressed file by name, replacing the official ones (IDX files of your own).
     """
 
     def __init__(
@@ -77,7 +72,6 @@ class MNISTDataModule(LightningDataModule):
         self.files = {name: (checksums or MNIST_FILES)[name] for name in MNIST_FILES}
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
-    # ------------------------------------------------------------------ files
     def prepare_data(self) -> None:
         """Make the four verified files present (one process per node; assigns no state)."""
         ensure_mnist(self.data_dir, download=self.download, checksums=self.files, field="data.data_dir")
@@ -86,14 +80,12 @@ class MNISTDataModule(LightningDataModule):
         if self.splits is not None:  # fit then test, or several stages: load once
             return
         raw = raw_dir(self.data_dir)
-        problems = [f"{name} {why}" for name, sha256 in self.files.items() if (why := check_file(raw / name, sha256))]
-        if problems:
+        if problems := [f"{name} {why}" for name, sha in self.files.items() if (why := check_file(raw / name, sha))]:
             raise ConfigError(
                 f"MNIST files in {raw} are not ready ({'; '.join(problems)}): call prepare_data() first "
                 f"(a Trainer does), with data.download true or the files put there by hand."
             )
-        train = MNIST(os.fspath(self.data_dir), train=True, download=False)
-        test = MNIST(os.fspath(self.data_dir), train=False, download=False)
+        train, test = (MNIST(self.data_dir, train=part, download=False) for part in (True, False))
         images, labels = train.data, train.targets
         for name, (x, y) in {"train": (images, labels), "test": (test.data, test.targets)}.items():
             if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or len(x) != len(y) or y.min() < 0 or y.max() > 9:
@@ -102,12 +94,10 @@ class MNISTDataModule(LightningDataModule):
                     f"expected (N, 28, 28) images and N labels in 0..9."
                 )
         if self.val_size >= len(images):
-            raise ConfigError(
-                f"data.val_size={self.val_size} leaves no training images out of {len(images)}: choose fewer."
-            )
+            raise ConfigError(f"data.val_size={self.val_size} leaves no training images: choose under {len(images)}.")
 
-        permutation = torch.randperm(len(images), generator=torch.Generator().manual_seed(mix_seed(self.seed, 0x5A1)))
-        val_index, train_index = permutation[: self.val_size].sort().values, permutation[self.val_size :].sort().values
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(mix_seed(self.seed, 0x5A1)))
+        val_index, train_index = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         splits = {
             "train": (images[train_index], labels[train_index]),
             "val": (images[val_index], labels[val_index]),
@@ -119,63 +109,39 @@ class MNISTDataModule(LightningDataModule):
             generator = torch.Generator().manual_seed(mix_seed(self.seed, 0xB1, number))
             splits[name] = (torch.bernoulli(x.float().div_(255.0), generator=generator).to(torch.uint8).mul_(255), y)
 
-        device = self._device()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = device if self.data_on_device and device.type == "cuda" else torch.device("cpu")
         self.splits = {name: (x.to(device).contiguous(), y.to(device)) for name, (x, y) in splits.items()}
-        log.info(
-            "MNIST: %s on %s (binarize=%s)",
-            ", ".join(f"{n} {len(y):,}" for n, (_, y) in self.splits.items()),
-            device,
-            self.binarize,
-        )
+        sizes = ", ".join(f"{name} {len(y):,}" for name, (_, y) in self.splits.items())
+        log.info("MNIST: %s on %s (binarize=%s)", sizes, device, self.binarize)
 
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        if self.data_on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
-            return trainer.strategy.root_device
-        return torch.device("cpu")
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    def train_pixel_mean(self) -> Tensor:
+        """The training split's mean pixel values, (1, 28, 28) in [0, 1] (binarized ones with `static`; with
+        `dynamic`, the mean of the probabilities the images are drawn from)."""
+        return self.splits["train"][0].double().mean(0).div(255.0).unsqueeze(0).float().cpu()
 
     def transfer_batch_to_device(self, batch: tuple[Tensor, ...], device: torch.device, dataloader_idx: int):
-        """Batches are gathered where their split lives: on `device` already, they pass as they are
-        (Lightning's generic move walks the batch every step), else they are moved."""
+        """Batches already on `device` (gathered where their split lives) pass as they are (Lightning's generic move
+        walks the batch every step); others are moved."""
         if all(t.device == device for t in batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    # ------------------------------------------------------------------ loaders
     def _loader(self, split: Split, train: bool) -> TensorBatchLoader:
         """Training batches are (pixels, labels); evaluation batches add the images' indices."""
-        if self.splits is None:
-            raise RuntimeError("MNISTDataModule.setup() must run before asking for a dataloader")
         images, labels = self.splits[split]
-        rank, world = self._rank_world()
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         batch_size = self.batch_size if train else self.eval_batch_size
         if train and batch_size % world:
             raise ConfigError(
-                f"data.batch_size={batch_size} is the global batch size and must divide evenly across the "
-                f"{world} processes (world size): choose a multiple of {world}, "
-                f"e.g. {world * max(1, batch_size // world)}."
+                f"data.batch_size={batch_size} is the global batch size and must divide evenly across the {world} "
+                f"processes (world size): choose a multiple of {world}, e.g. {world * max(1, batch_size // world)}."
             )
-        sampler = ShardedBatchSampler(
-            len(images),
-            batch_size,
-            shuffle=train,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
-            drop_small_last=train,
-            device=images.device,
-        )
+        # training: shuffled, and a last batch too small to give every rank an image dropped
+        sampler = ShardedBatchSampler(len(images), batch_size, train, self.seed, rank, world, train, images.device)
+        dynamic = train and self.binarize == "dynamic"
         return TensorBatchLoader(
-            images,
-            labels,
-            sampler,
-            dynamic_binarization=train and self.binarize == "dynamic",
-            seed=self.seed,
-            with_index=not train,
+            images, labels, sampler, dynamic_binarization=dynamic, seed=self.seed, with_index=not train
         )
 
     def train_dataloader(self) -> TensorBatchLoader:

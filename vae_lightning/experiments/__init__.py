@@ -1,9 +1,5 @@
-"""The seed project's nine experiments: figures for training runs, numbers for claims.
-
-Each experiment is one class in one file (`Experiment` in base.py: a model and the test set in, a figure and
-numbers out), registered by name in registry.py. compute.py decodes, render.py draws, measures.py measures;
-`Experiments` (schedule.py) runs them during training, `vae-lightning-experiments` (command.py) on a checkpoint.
-"""
+"""The seed project's nine experiments as seven classes, one file each, registered in registry.py; `Experiments`
+(schedule.py) runs them during training, `vae-lightning-experiments` (command.py) on a checkpoint."""
 
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 from vae_lightning.experiments.classifier import digit_classifier

@@ -1,9 +1,7 @@
 """What every experiment shares: the `Experiment` base, the test set it runs on and the outcome it returns.
 
-No postponed annotations here or in the experiments' files: jsonargparse resolves a subclass's postponed
-annotations with the names of the subclass's module alone, so the base's must already be evaluated (jsonargparse
-4.53 leaves every setting unchecked otherwise; tests/test_experiments.py checks that none is).
-"""
+No postponed annotations here or in the experiments' files: jsonargparse 4.53 resolves a subclass's in its own
+module alone and leaves every setting unchecked otherwise (tests/test_experiments.py checks that none is)."""
 
 import os
 from collections.abc import Sequence
@@ -69,12 +67,9 @@ class Outcome:
 
 class Experiment:
     """One experiment: `run(model, data)` draws a figure and measures numbers, a pure function of the model's
-    weights and the test set.
-
-    A subclass is a dataclass whose fields are its settings: their types (`jsonargparse.typing`, `Literal`)
-    let the CLI and `vae-lightning-experiments` refuse a bad value by name, its `Args:` become `--help`, and
-    rules across fields raise a ConfigError in `__post_init__`. It is registered in `registry.EXPERIMENTS`.
-    """
+    weights and the test set. A subclass is a dataclass registered in `registry.EXPERIMENTS`, whose fields are its
+    settings: their types (`jsonargparse.typing`, `Literal`) refuse a bad value by name, its `Args:` become
+    `--help`, and rules across fields raise a ConfigError in `__post_init__`."""
 
     name: ClassVar[str]  # `experiments.names`, `exp/<name>/<measure>`, `--<name>.<setting>`
     uses_posterior: ClassVar[bool] = False  # reads (mu, logvar) of the whole test set: encoded once, shared

@@ -1,18 +1,11 @@
-"""A small MNIST classifier that tells which digit an image shows, or that it shows none.
+"""The judge of the "clear digit" and "noise" measures: a small CNN telling which digit an image shows, or none.
 
-The measures of "decodes to a clear digit" and "decodes to noise" need a judge. This one is a
-small CNN with 11 classes: the ten digits and "no digit", trained on the MNIST training images
-(half of each batch blurred and dimmed, since decoders draw grey, soft strokes) plus synthetic
-non-digits (speckle noise, smooth blobs, overlays of two different digits). An image is a *clear
-digit* when the top class is a digit with probability at least `CLEAR_THRESHOLD`.
-
-It is trained once (about a minute on a 2-core CPU) and cached beside the data as
-`<data_dir>/classifiers/digits-v1-<hash of the training images>.pt` (in the user cache dir,
-`~/.cache/vae-lightning/classifiers`, when the data dir is read-only), with its test accuracy and
-how often it rejects fresh synthetic non-digits.
+11 classes, the ten digits and NO_DIGIT, trained on the MNIST training images (half of each batch blurred and
+dimmed, since decoders draw grey, soft strokes) plus synthetic non-digits (speckle noise, smooth blobs, overlays
+of two different digits). An image is a *clear digit* when the top class is a digit with probability at least
+`CLEAR_THRESHOLD`. Trained once and cached, with its scores, as `<data_dir>/classifiers/digits-v1-<hash of the
+training images>.pt` (in `~/.cache/vae-lightning/classifiers` when the data dir is read-only).
 """
-
-from __future__ import annotations
 
 import functools
 import hashlib
@@ -66,12 +59,10 @@ class Judgement:
 
 @torch.no_grad()
 def judge(classifier: DigitClassifier, pixels: Tensor, threshold: float = CLEAR_THRESHOLD) -> Judgement:
-    """Classify pixel probabilities (N, 1, 28, 28); a digit is 'clear' at probability >= threshold."""
-    was_training = classifier.training
+    """Classify pixel probabilities (N, 1, 28, 28) in eval mode; a digit is 'clear' at probability >= threshold."""
     classifier.eval()
     device = next(classifier.parameters()).device
     probs = torch.cat([classifier(chunk.to(device).float()).softmax(-1).cpu() for chunk in pixels.split(4096)])
-    classifier.train(was_training)
     top, digit = probs.max(-1)
     return Judgement(probs, digit, (digit != NO_DIGIT) & (top >= threshold))
 
@@ -114,49 +105,37 @@ def synthetic_non_digits(images: Tensor, labels: Tensor, n: int, generator: torc
 
 
 def train_classifier(
-    images: Tensor,
-    labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
-    epochs: int = 3,
-    batch_size: int = 128,
-    seed: int = 0,
+    images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor, epochs: int = 3, batch_size: int = 128
 ) -> tuple[DigitClassifier, dict[str, float]]:
-    """Train on uint8 images (N, 28, 28) plus as many synthetic non-digits as a tenth of them.
+    """Train on uint8 images (N, 28, 28) plus as many synthetic non-digits as a tenth of them, seeded.
 
-    Returns the classifier (eval mode) and its report: `test_accuracy` on the real test digits,
-    `test_clear` (fraction of test digits judged clear), `noise_rejected` (fraction of fresh
-    synthetic non-digits judged not clear).
+    Returns the classifier (eval mode) and its report: `test_accuracy` on the real test digits, `test_clear`
+    (fraction of test digits judged clear), `noise_rejected` (fraction of fresh synthetic non-digits judged not
+    clear).
     """
-    with torch.random.fork_rng(devices=[]):  # seeded here without disturbing the caller's random streams
-        torch.manual_seed(seed)
-        return _train(images, labels, test_images, test_labels, epochs, batch_size, seed)
-
-
-def _train(images, labels, test_images, test_labels, epochs, batch_size, seed):
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     pixels = images.float().div(255).unsqueeze(1)  # (N, 1, 28, 28)
-    classifier = DigitClassifier()
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-    negatives_per_batch = max(1, batch_size // 10)
+    negatives = max(1, batch_size // 10)
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(len(pixels), generator=generator)
-        for step in range(0, len(order), batch_size):
-            index = order[step : step + batch_size]
-            digits = pixels[index]
-            half = torch.rand(len(index), generator=generator) < 0.5  # half of the digits softened
-            digits[half] = soften(digits[half], generator)
-            x = torch.cat([digits, synthetic_non_digits(pixels, labels, negatives_per_batch, generator)])
-            y = torch.cat([labels[index].long(), torch.full((negatives_per_batch,), NO_DIGIT)])
-            loss = F.cross_entropy(classifier(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        log.info("digit classifier: epoch %d/%d done (%.0f s)", epoch + 1, epochs, time.perf_counter() - start)
+    with torch.random.fork_rng(devices=[]):  # initialisation and dropout seeded, the caller's streams untouched
+        torch.manual_seed(0)
+        classifier = DigitClassifier()
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+        for epoch in range(epochs):
+            for index in torch.randperm(len(pixels), generator=generator).split(batch_size):
+                digits = pixels[index]
+                half = torch.rand(len(index), generator=generator) < 0.5  # half of the digits softened
+                digits[half] = soften(digits[half], generator)
+                x = torch.cat([digits, synthetic_non_digits(pixels, labels, negatives, generator)])
+                y = torch.cat([labels[index].long(), torch.full((negatives,), NO_DIGIT)])
+                loss = F.cross_entropy(classifier(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            log.info("digit classifier: epoch %d/%d done (%.0f s)", epoch + 1, epochs, time.perf_counter() - start)
     classifier.eval()
     on_test = judge(classifier, test_images.float().div(255).unsqueeze(1))
-    noise = synthetic_non_digits(pixels, labels, 2000, torch.Generator().manual_seed(seed + 1))
+    noise = synthetic_non_digits(pixels, labels, 2000, torch.Generator().manual_seed(1))
     report = {
         "test_accuracy": (on_test.digit == test_labels.long()).float().mean().item(),
         "test_clear": on_test.clear.float().mean().item(),
@@ -167,8 +146,7 @@ def _train(images, labels, test_images, test_labels, epochs, batch_size, seed):
 
 
 def cache_dirs(data_dir: str | os.PathLike) -> list[Path]:
-    """Where the classifier of the MNIST files in `data_dir` is looked for, in order: beside the data, then
-    the user cache dir; it is written to the first of them that is writable."""
+    """Where the classifier of `data_dir`'s MNIST files is looked for, in order; it is written to the first writable."""
     return [Path(data_dir) / "classifiers", user_cache_dir() / "classifiers"]
 
 
@@ -214,9 +192,7 @@ def cached_classifier(
     classifier, report = train_classifier(images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu())
     log.info(
         "digit classifier: test accuracy %.4f, test digits clear %.4f, non-digits rejected %.4f",
-        report["test_accuracy"],
-        report["test_clear"],
-        report["noise_rejected"],
+        *(report[k] for k in ("test_accuracy", "test_clear", "noise_rejected")),
     )
     save_atomically({"state_dict": classifier.state_dict(), "report": report}, path)
     return classifier, report
@@ -224,7 +200,6 @@ def cached_classifier(
 
 @functools.lru_cache(maxsize=4)
 def digit_classifier(data_dir: str) -> tuple[DigitClassifier, dict[str, float]]:
-    """The digit classifier of the MNIST files in `data_dir` and its report: loaded from its cache, else trained
-    there once; kept in memory for the process."""
+    """The digit classifier of `data_dir`'s MNIST files and its report: cached on disk and kept for the process."""
     train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
     return cached_classifier(data_dir, train.data, train.targets, test.data, test.targets)

@@ -2,13 +2,10 @@
 
     vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir out/two_latent
 
-Writes `<output_dir>/<experiment>.png` for each experiment and `<output_dir>/measures.json` with every
-number, its definition, the checkpoint it came from (path and SHA-256), the model, the data mode and the
-digit classifier's own scores. Options of each experiment are `--<experiment>.<option>`, e.g.
-`--latent_traversal.dims [0,1]`.
+Writes `<output_dir>/<experiment>.png` and `<output_dir>/measures.json`: every number, its definition, the
+checkpoint (path and SHA-256), the model, the data mode and the digit classifier's own scores. Each experiment's
+settings are `--<experiment>.<setting>`, e.g. `--latent_traversal.dims [0,1]`.
 """
-
-from __future__ import annotations
 
 import inspect
 import json
@@ -95,8 +92,7 @@ def run_experiments(
     results, skipped, definitions = {}, {}, {}
     for name in names:
         experiment = (settings or {}).get(name) or EXPERIMENTS[name]()
-        reason = experiment.skip_reason(model)
-        if reason is not None:
+        if (reason := experiment.skip_reason(model)) is not None:
             skipped[name] = reason
             log.info("%s skipped: %s; its numbers are not reported.", name, reason)
             continue
@@ -141,15 +137,14 @@ def parser() -> ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> dict:
-    """Entry point of `vae-lightning-experiments`: flags of the wrong type are refused as they are parsed, the
-    rest under the package's error policy (`errors.run_command`)."""
+    """The entry point of `vae-lightning-experiments`, under the package's error policy (`errors.run_command`)."""
     p = parser()
     config = p.parse_args(args)
 
     def command() -> dict:
-        instances = p.instantiate(config)  # each experiment's rules across its settings checked here
-        options = {k: instances[k] for k in inspect.signature(run_experiments).parameters if k in instances}
-        return run_experiments(**options, settings={name: instances[name] for name in EXPERIMENTS})
+        options = vars(p.instantiate(config))  # each experiment's rules across its settings checked here
+        settings = {name: options.pop(name) for name in EXPERIMENTS}
+        return run_experiments(**options, settings=settings)
 
     return run_command("vae-lightning-experiments", command)
 

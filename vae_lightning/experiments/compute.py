@@ -1,13 +1,8 @@
-"""What each experiment decodes: pure functions of a model (anything with `encode`, `decode`,
-`latent_dim`, `device`) and tensors. Inputs and outputs are on the CPU; work runs on the model's device.
-"""
-
-from __future__ import annotations
+"""What the experiments (and the explorer) decode: pure functions of a model (anything with `encode`, `decode`,
+`latent_dim`, `device`) and tensors. Inputs and outputs are on the CPU; work runs on the model's device."""
 
 import torch
 from torch import Tensor
-
-from vae_lightning.objectives import reparameterize
 
 
 @torch.no_grad()
@@ -28,52 +23,9 @@ def reconstruct(model, images: Tensor) -> Tensor:
     return decode_latents(model, encode_images(model, images)[0])
 
 
-def epsilon_sweep(model, image: Tensor, eps: Tensor) -> Tensor:
-    """Decodings (S, 1, 28, 28) of z = mu + eps_s * sigma, the same eps_s in every dimension."""
-    mu, logvar = encode_images(model, image.unsqueeze(0))  # (1, L)
-    z = reparameterize(mu, logvar, eps.view(-1, 1))  # (S, L)
-    return decode_latents(model, z)
-
-
-def latent_traversal(model, image: Tensor, dims: list[int], values: Tensor) -> Tensor:
-    """Decodings (D, S, 1, 28, 28): row d sets z[dims[d]] to each of `values`, the rest at the image's mu."""
-    mu, _ = encode_images(model, image.unsqueeze(0))  # (1, L)
-    z = mu.repeat(len(dims) * len(values), 1).view(len(dims), len(values), -1)  # (D, S, L)
-    for row, dim in enumerate(dims):
-        z[row, :, dim] = values
-    return decode_latents(model, z.flatten(0, 1)).view(len(dims), len(values), 1, 28, 28)
-
-
-def interpolation(model, image_a: Tensor, image_b: Tensor, steps: int, eps: Tensor) -> Tensor:
-    """Decodings (steps, 1, 28, 28) of the line from z1 = mu1 + eps * sigma1 to z2 = mu2 + eps * sigma2."""
-    mu, logvar = encode_images(model, torch.stack([image_a, image_b]))  # (2, L)
-    z1, z2 = reparameterize(mu, logvar, eps)  # one shared eps (L,)
-    t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
-    return decode_latents(model, (1 - t) * z1 + t * z2)
-
-
-def normal_quantiles(grid: int, low: float, high: float) -> Tensor:
-    """`grid` standard-normal quantiles at probabilities evenly spaced from `low` to `high`."""
-    return torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(low, high, grid))
-
-
-def latent_manifold(model, values: Tensor, dims: tuple[int, int]) -> Tensor:
-    """Decodings (G, G, 1, 28, 28) of z with z[dims[0]] = values[col], z[dims[1]] = values[G-1-row], rest 0.
-
-    Row 0 is the top of the picture (largest value on the vertical axis), as in the seed notebook.
-    """
-    grid = len(values)
-    z = torch.zeros(grid, grid, model.latent_dim)
-    z[:, :, dims[0]] = values.view(1, grid)
-    z[:, :, dims[1]] = values.flip(0).view(grid, 1)
-    return decode_latents(model, z.flatten(0, 1)).view(grid, grid, 1, 28, 28)
-
-
 def plane_of(mu: Tensor) -> tuple[Tensor, Tensor, str]:
-    """A 2-D view of latents (N, L): (origin (L,), axes (2, L), description).
-
-    For 2 latents, the latent axes themselves; for more, the first two principal components of mu.
-    """
+    """A 2-D view of latents (N, L): (origin (L,), axes (2, L), description): for 2 latents the latent axes
+    themselves, for more the first two principal components of mu."""
     if mu.shape[1] == 2:
         return torch.zeros(2), torch.eye(2), "latent dimensions 0 and 1"
     if mu.shape[1] == 1:
@@ -92,8 +44,8 @@ def project(mu: Tensor, origin: Tensor, axes: Tensor) -> Tensor:
 def box_cells(points: Tensor, grid: int, low: float = 0.01, high: float = 0.99) -> tuple[Tensor, Tensor, Tensor]:
     """Cut the box holding the `low`-`high` quantiles of `points` (N, 2) into grid x grid cells.
 
-    Returns the cell centres (grid, grid, 2), indexed [i along the first axis, j along the second],
-    how many points fall in each cell (grid, grid), and the box corners (2, 2) as [lows, highs].
+    Returns the cell centres (grid, grid, 2), indexed [i along the first axis, j along the second], how many
+    points fall in each cell (grid, grid), and the box corners (2, 2) as [lows, highs].
     """
     lows, highs = points.quantile(low, dim=0), points.quantile(high, dim=0)  # (2,) each
     size = (highs - lows) / grid
@@ -101,12 +53,5 @@ def box_cells(points: Tensor, grid: int, low: float = 0.01, high: float = 0.99) 
     centres = torch.stack(torch.meshgrid(lows[0] + steps * size[0], lows[1] + steps * size[1], indexing="ij"), -1)
     inside = ((points >= lows) & (points <= highs)).all(1)  # the box is closed on both sides
     cell = ((points - lows) / size).floor().long().clamp(0, grid - 1)  # (N, 2)
-    counts = torch.zeros(grid * grid, dtype=torch.long)
-    counts.index_add_(0, cell[inside, 0] * grid + cell[inside, 1], torch.ones(int(inside.sum()), dtype=torch.long))
+    counts = torch.bincount(cell[inside, 0] * grid + cell[inside, 1], minlength=grid * grid)
     return centres, counts.view(grid, grid), torch.stack([lows, highs])
-
-
-def prior_samples(model, n: int, seed: int) -> Tensor:
-    """Decodings (n, 1, 28, 28) of z ~ N(0, I), seeded."""
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-    return decode_latents(model, z)

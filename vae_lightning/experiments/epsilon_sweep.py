@@ -6,20 +6,21 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.experiments import compute, measures, render
+from vae_lightning.experiments import compute, figures, measures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
+from vae_lightning.objectives import reparameterize
 
 
 @dataclass
 class EpsilonSweep(Experiment):
-    """Experiments 1 and 6: z = mu + eps * sigma for one test image, the same eps in every dimension,
-    eps from `eps_start` to `eps_stop` in steps of `eps_step` (the seed: 0.00 to 0.95 by 0.05).
+    """Experiments 1 and 6: z = mu + eps * sigma for one test image, the same eps in every dimension, eps from
+    `eps_start` to `eps_stop` in steps of `eps_step` (the seed: 0.00 to 0.95 by 0.05).
 
-    Measures: `spread` (mean per-pixel standard deviation across the sweep's decodings; 0 when they
-    are identical), `reference_spread` (the same across the reconstructions of 20 different test
-    images: the yardstick for "alike"), `mean_sigma` (posterior sigma averaged over the test set and
-    dimensions), `class_changes` (changes of the judged digit along the sweep), `unclear` (fraction
-    of the sweep judged no clear digit).
+    Measures: `spread` (mean per-pixel standard deviation across the sweep's decodings; 0 when they are
+    identical), `reference_spread` (the same across the reconstructions of 20 different test images: the
+    yardstick for "alike"), `mean_sigma` (posterior sigma averaged over the test set and dimensions),
+    `class_changes` (changes of the judged digit along the sweep), `unclear` (fraction of the sweep judged no
+    clear digit).
 
     Args:
         image_index: which test image.
@@ -43,25 +44,22 @@ class EpsilonSweep(Experiment):
             )
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        eps = torch.arange(self.eps_start, self.eps_stop + self.eps_step / 2, self.eps_step)
-        image = data.pick("epsilon_sweep.image_index", [self.image_index])[0]
-        decodings = compute.epsilon_sweep(model, image, eps)  # (S, 1, 28, 28)
+        eps = torch.arange(self.eps_start, self.eps_stop + self.eps_step / 2, self.eps_step)  # (S,)
+        mu, logvar = compute.encode_images(model, data.pick("epsilon_sweep.image_index", [self.image_index]))  # (1, L)
+        decodings = compute.decode_latents(model, reparameterize(mu, logvar, eps.view(-1, 1)))  # (S, 1, 28, 28)
         spread = measures.sweep_spread(decodings)
-        figure = render.image_rows(
+        figure = figures.image_rows(
             decodings.unsqueeze(0),
             f"z = mu + eps * sigma, test image {self.image_index}, spread {spread:.4f}",
             col_labels=[f"{e:.2f}" for e in eps.tolist()],
         )
         judged = data.judge(decodings)
         mu, logvar = data.posterior_of(model)
-        others = compute.decode_latents(model, mu[:20])  # reconstructions of 20 different images
-        return Outcome(
-            figure,
-            {
-                "spread": spread,
-                "reference_spread": measures.sweep_spread(others),
-                "mean_sigma": measures.mean_posterior_sigma(logvar),
-                "class_changes": float(measures.class_changes(judged.digit)[0]),
-                "unclear": measures.unclear_fraction(judged.clear),
-            },
-        )
+        measured = {
+            "spread": spread,
+            "reference_spread": measures.sweep_spread(compute.decode_latents(model, mu[:20])),  # 20 other images
+            "mean_sigma": measures.mean_posterior_sigma(logvar),
+            "class_changes": float(measures.class_changes(judged.digit)[0]),
+            "unclear": measures.unclear_fraction(judged.clear),
+        }
+        return Outcome(figure, measured)

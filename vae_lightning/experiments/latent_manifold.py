@@ -2,20 +2,21 @@
 
 from dataclasses import dataclass
 
+import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.experiments import compute, measures, render
+from vae_lightning.experiments import compute, figures, measures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 
 @dataclass
 class LatentManifold(Experiment):
-    """Experiment 4: a `grid` x `grid` lattice of z at standard-normal quantiles from `low` to `high` in
-    two latent dimensions (the others 0), decoded.
+    """Experiment 4: a `grid` x `grid` lattice of z at standard-normal quantiles from `low` to `high` in two
+    latent dimensions (the others 0), decoded.
 
-    Measures: `digits_present` (distinct digits judged clear somewhere on the grid),
-    `class_changes` (adjacent cells judged different), `unclear` (fraction judged no clear digit).
+    Measures: `digits_present` (distinct digits judged clear somewhere on the grid), `class_changes` (adjacent
+    cells judged different), `unclear` (fraction judged no clear digit).
 
     Args:
         grid: cells per side.
@@ -41,16 +42,18 @@ class LatentManifold(Experiment):
         return None
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        values = compute.normal_quantiles(self.grid, self.low, self.high)
-        images = compute.latent_manifold(model, values, self.dims)  # (G, G, 1, 28, 28)
+        grid, (x, y) = self.grid, self.dims
+        values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(self.low, self.high, grid))  # (G,)
+        z = torch.zeros(grid, grid, model.latent_dim)
+        z[:, :, x] = values.view(1, grid)  # left to right
+        z[:, :, y] = values.flip(0).view(grid, 1)  # row 0, the top, at the largest value (as in the seed notebook)
+        images = compute.decode_latents(model, z.flatten(0, 1)).view(grid, grid, 1, 28, 28)
         rest = "" if model.latent_dim == 2 else f", other {model.latent_dim - 2} latents 0"
-        figure = render.manifold(images, values, self.dims, f"decodings on a standard-normal grid{rest}")
+        figure = figures.manifold(images, values, self.dims, f"decodings on a standard-normal grid{rest}")
         judged = data.judge(images.flatten(0, 1))
-        return Outcome(
-            figure,
-            {
-                "digits_present": float(judged.digit[judged.clear].unique().numel()),
-                "class_changes": float(measures.grid_class_changes(judged.digit.view(self.grid, self.grid))),
-                "unclear": measures.unclear_fraction(judged.clear),
-            },
-        )
+        measured = {
+            "digits_present": float(judged.digit[judged.clear].unique().numel()),
+            "class_changes": float(measures.grid_class_changes(judged.digit.view(grid, grid))),
+            "unclear": measures.unclear_fraction(judged.clear),
+        }
+        return Outcome(figure, measured)

@@ -6,7 +6,7 @@ import torch
 from jsonargparse.typing import PositiveInt
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.experiments import compute, measures, render
+from vae_lightning.experiments import compute, figures, measures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 
@@ -35,13 +35,14 @@ class PriorSamples(Experiment):
             )
 
     def run(self, model, data: ExperimentData) -> Outcome:
-        samples = compute.prior_samples(model, self.num_samples, self.seed)
+        z = torch.randn(self.num_samples, model.latent_dim, generator=torch.Generator().manual_seed(self.seed))
+        samples = compute.decode_latents(model, z)  # (n, 1, 28, 28)
         unclear = measures.unclear_fraction(data.judge(samples).clear)
         cols = int(self.shown**0.5 + 0.999)
         rows = -(-self.shown // cols)
-        grid = torch.ones(rows * cols, 1, 28, 28)
+        grid = torch.ones(rows * cols, 1, 28, 28)  # blank cells after the last shown sample
         grid[: self.shown] = samples[: self.shown]
-        figure = render.image_rows(
+        figure = figures.image_rows(
             grid.view(rows, cols, 1, 28, 28),
             f"z ~ N(0, I), {model.latent_dim} latents: {unclear:.0%} of {self.num_samples} judged no clear digit",
         )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from vae_lightning.experiments import compute, render
+from vae_lightning.experiments import compute, figures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 
@@ -14,8 +14,8 @@ from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 class Reconstructions(Experiment):
     """Test images (top) beside their reconstructions decode(mu) (bottom), one per digit by default.
 
-    Measures, over the first `measured` test images: `pixel_error` (mean |x - reconstruction|),
-    `clear` (fraction judged a clear digit), `accuracy` (fraction judged the image's own digit).
+    Measures, over the first `measured` test images: `pixel_error` (mean |x - reconstruction|), `clear`
+    (fraction judged a clear digit), `accuracy` (fraction judged the image's own digit).
 
     Args:
         indices: test-set indices to show; default the first image of each digit.
@@ -28,7 +28,7 @@ class Reconstructions(Experiment):
 
     def run(self, model, data: ExperimentData) -> Outcome:
         originals = data.pick("reconstructions.indices", self.indices or list(data.first_of_each_digit().values()))
-        figure = render.image_rows(
+        figure = figures.image_rows(
             torch.stack([originals, compute.reconstruct(model, originals)]),
             "test images (top) and reconstructions decode(mu) (bottom)",
             row_labels=["x", "decode(mu)"],
@@ -36,11 +36,9 @@ class Reconstructions(Experiment):
         images, labels = data.images[: self.measured], data.labels[: self.measured]
         reconstructions = compute.reconstruct(model, images)
         judged = data.judge(reconstructions)
-        return Outcome(
-            figure,
-            {
-                "pixel_error": (images - reconstructions).abs().mean().item(),
-                "clear": judged.clear.float().mean().item(),
-                "accuracy": (judged.digit == labels).float().mean().item(),
-            },
-        )
+        measured = {
+            "pixel_error": (images - reconstructions).abs().mean().item(),
+            "clear": judged.clear.float().mean().item(),
+            "accuracy": (judged.digit == labels).float().mean().item(),
+        }
+        return Outcome(figure, measured)

@@ -1,6 +1,4 @@
-"""The experiments by name, in the order they run. A new experiment is its own file (a dataclass subclass of
-`base.Experiment`) and one entry here: `Experiments` schedules it in training, `vae-lightning-experiments`
-runs it on a checkpoint, both with its settings checked."""
+"""The experiments by name, in the order they run: a new one is its own file and one entry here."""
 
 from vae_lightning.experiments.base import Experiment
 from vae_lightning.experiments.epsilon_sweep import EpsilonSweep

@@ -1,7 +1,5 @@
 """`Experiments`, the one callback that runs experiments during training (the CLI's `experiments.*`)."""
 
-from __future__ import annotations
-
 import inspect
 import logging
 import os
@@ -28,18 +26,17 @@ log = logging.getLogger(__name__)
 
 
 class Experiments(Callback):
-    """The experiments named in `names`, run together at the end of every `every_n_epochs`-th validation
-    epoch on one copy of the test set (and its posterior, encoded once, each process its share).
+    """The experiments named in `names`, run together at the end of every `every_n_epochs`-th validation epoch
+    on one copy of the test set (and its posterior, encoded once, each process its share).
 
-    Each sends its figure to every logger that takes images, writes it as
-    `<run dir>/figures/exp_<name>-epochNNN.png`, and logs its numbers as `exp/<name>/<measure>`.
-    An experiment that does not fit the model (e.g. a 2-D grid of a 1-latent model) is skipped, with a
-    line on the console saying why. The digit classifier they share is trained (once, then cached) at
-    the start of training, and only when one of them will run in this fit.
+    Each sends its figure to every logger that takes images, writes it as `<run dir>/figures/exp_<name>-epochNNN.png`
+    and logs its numbers as `exp/<name>/<measure>`. One that does not fit the model (e.g. a 2-D grid of a 1-latent
+    model) is skipped, saying why on the console. The digit classifier they share is trained (once, then cached)
+    at the start of training, only when one of them will run in this fit.
 
     Args:
-        names: experiments to run, in order, by name (`vae_lightning.experiments.EXPERIMENTS`; the README
-            lists them); empty: none.
+        names: experiments to run, in order, by name (`vae_lightning.experiments.EXPERIMENTS`; the README lists
+            them); empty: none.
         every_n_epochs: run after validation epochs n, 2n, ...
         options: settings of single experiments by name, e.g. `{interpolation: {digits: [3, 8]}}`.
     """
@@ -78,7 +75,8 @@ class Experiments(Callback):
             digit_classifier(os.fspath(trainer.datamodule.data_dir))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Every rank gathers what the due experiments need; rank 0 runs them and publishes."""
+        """Every rank gathers what the due experiments need; rank 0 runs them (the module in eval mode, as
+        Lightning keeps it through validation) and publishes."""
         due = self.fitting(pl_module)
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not due:
             return
@@ -88,19 +86,14 @@ class Experiments(Callback):
             data.posterior = sharded_posterior(trainer, pl_module, data.images)  # every rank: gathers
         if not trainer.is_global_zero:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            for experiment in due:
-                key = f"exp/{experiment.name}"
-                outcome = experiment.run(pl_module, data)
-                publish(trainer, key, outcome.figure, folder)
-                if outcome.embedding is not None:
-                    to_projectors(trainer.loggers, key, outcome.embedding, trainer.global_step)
-                for measure, value in outcome.measures.items():
-                    pl_module.log(f"{key}/{measure}", float(value), rank_zero_only=True)
-        finally:
-            pl_module.train(was_training)
+        for experiment in due:
+            key = f"exp/{experiment.name}"
+            outcome = experiment.run(pl_module, data)
+            publish(trainer, key, outcome.figure, folder)
+            if outcome.embedding is not None:
+                to_projectors(trainer.loggers, key, outcome.embedding, trainer.global_step)
+            for measure, value in outcome.measures.items():
+                pl_module.log(f"{key}/{measure}", float(value), rank_zero_only=True)
 
 
 def configure(name: str, options: dict, field: str) -> Experiment:
@@ -116,17 +109,11 @@ def configure(name: str, options: dict, field: str) -> Experiment:
         try:
             parser.parse_object({name: {key: value}})
         except ArgumentError as err:
-            raise ConfigError(
-                f"{field}.{key}: {value!r} is not of type {type_name(declared[key].annotation)}; see the "
-                f"{cls.__name__} docstring."
-            ) from err
+            kind = declared[key].annotation  # as its source spells it, without module paths: `PositiveInt`
+            kind = re.sub(r"\b(?:[a-z_]\w*\.)+", "", kind if isinstance(kind, str) else inspect.formatannotation(kind))
+            message = f"{field}.{key}: {value!r} is not of type {kind}; see the {cls.__name__} docstring."
+            raise ConfigError(message) from err
     return parser.instantiate(parser.parse_object({name: options}))[name]
-
-
-def type_name(annotation) -> str:
-    """An annotation as its source spells it: `PositiveInt`, `Sequence[NonNegativeInt] | None`."""
-    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-    return re.sub(r"\b(?:[a-z_]\w*\.)+", "", text)  # without module paths
 
 
 def sharded_posterior(trainer: Trainer, module: LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,14 +1,8 @@
 """`vae-lightning explore --ckpt_path CKPT`: a local latent-space explorer in the browser.
 
-    vae-lightning explore --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt   # then open the URL it prints
-
-Loads the checkpoint (weights only: no code from it runs), encodes a split of MNIST as the model saw it
-(the checkpoint's data settings; `--data_dir` to read the files elsewhere) and serves a page with four
-panels: the latent map, a traversal, an interpolation and prior samples, every decoding judged by the
-package's digit classifier. Bound to 127.0.0.1 unless `--host` says otherwise.
-
-The page is a Bokeh server app (`vae_lightning.explore.app`), an optional extra:
-`pip install -e ".[explore]"`. Without it the rest of the package works, and this command says what to install.
+The checkpoint's model (weights only) over a split of MNIST as it saw it (its data settings), served as a Bokeh page
+(`app.py`, the `explore` extra): the latent map, a traversal, an interpolation, prior samples, each decoding judged
+by the package's digit classifier.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ from jsonargparse.typing import PositiveInt, restricted_number_type
 
 from vae_lightning.errors import ConfigError, attributed, run_command
 
-INSTALL = 'vae-lightning explore needs the explore extra (Bokeh): pip install -e ".[explore]"'
 Port = restricted_number_type("Port", int, [(">=", 1), ("<=", 65535)])
 
 
@@ -66,10 +59,10 @@ def explore(
         download: fetch MNIST if missing.
         run: serve until interrupted (false: start the server and return it, for tests).
     """
-    try:  # the extra: checked first, so a missing install is said before any work
+    try:  # the extra, checked first: a missing install is said before any work
         from bokeh.server.util import bind_sockets
     except ImportError as err:
-        raise ConfigError(INSTALL) from err
+        raise ConfigError('vae-lightning explore needs the explore extra (Bokeh): pip install -e ".[explore]"') from err
     import torch
 
     from vae_lightning.explore.app import serve
@@ -89,8 +82,8 @@ def explore(
     print(f"vae-lightning explore: serving {ckpt_path} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     if not run:
         return server
-    # Each request decodes and judges a handful of images: one core answers at once, where a team of
-    # intra-op threads waits for cores that another program (a training run, say) holds.
+    # Each request decodes and judges a few images: one thread answers at once, where a team of intra-op threads
+    # would wait for cores another program (a training run, say) holds.
     torch.set_num_threads(1)
     try:
         server.io_loop.start()
@@ -100,8 +93,7 @@ def explore(
 
 
 def main(args: list[str] | None = None) -> None:
-    """`vae-lightning explore ...`: flags of the wrong type refused as they are parsed, the rest under the
-    package's error policy (`errors.run_command`)."""
+    """`vae-lightning explore ...`: bad flags refused as they are parsed, the rest under `errors.run_command`."""
     parser = ArgumentParser(prog="vae-lightning explore", description=__doc__.split("\n\n")[0])
     parser.add_function_arguments(explore, skip={"run"})
     config = parser.parse_args(args)

@@ -1,7 +1,5 @@
 """Fully connected encoder and decoder (the seed notebooks' 784-400-latent-400-784 by default)."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,10 +16,8 @@ PIXELS = 28 * 28
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear layers between consecutive `sizes`, the activation after every one."""
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
-    return nn.Sequential(*layers)
+    pairs = zip(sizes[:-1], sizes[1:])
+    return nn.Sequential(*(m for n, k in pairs for m in (nn.Linear(n, k), ACTIVATIONS[activation]())))
 
 
 class MLPEncoder(nn.Module):
@@ -38,11 +34,10 @@ class MLPEncoder(nn.Module):
     ):
         super().__init__()
         self.body = mlp([PIXELS, *hidden_dims], activation)
-        self.head = nn.Linear(hidden_dims[-1] if hidden_dims else PIXELS, 2 * latent_dim)  # mu and logvar at once
+        self.head = nn.Linear([PIXELS, *hidden_dims][-1], 2 * latent_dim)  # mu and logvar at once
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x.flatten(1))  # (B, hidden)
-        mu, logvar = self.head(h).chunk(2, dim=-1)  # (B, latent) each
+        mu, logvar = self.head(self.body(x.flatten(1))).chunk(2, dim=-1)  # (B, latent) each
         return mu, logvar
 
 
@@ -60,10 +55,7 @@ class MLPDecoder(nn.Module):
     ):
         super().__init__()
         self.body = mlp([latent_dim, *hidden_dims], activation)
-        self.head = nn.Linear(hidden_dims[-1] if hidden_dims else latent_dim, PIXELS)
+        self.head = nn.Linear([latent_dim, *hidden_dims][-1], PIXELS)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.head(self.body(z)).view(-1, 1, 28, 28)  # (B, 1, 28, 28) logits
-
-
-__all__ = ["ACTIVATIONS", "MLPDecoder", "MLPEncoder"]
