@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, machine
+from common import REPO, machine, relative
 from lightning.pytorch import Callback
 
 PIXELS, EPOCH_IMAGES = 784, 60_000
@@ -276,7 +276,7 @@ def run_paper_nll(args, workdir: Path, gemm: dict) -> dict:
     roofline_s = flops / (gemm["gflops"] * 1e9)
     return {
         **watch.test,
-        "checkpoint": str(checkpoint),
+        "checkpoint": relative(checkpoint),
         "k": likelihood.samples,
         "images": watch.test_images,
         "chunk_size": likelihood.chunk_size,

@@ -13,6 +13,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def relative(path: str | os.PathLike) -> str:
+    """A path as a results file names it: relative to the repository when inside it, so the file reads the same
+    on every machine; as given otherwise."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def command(name: str) -> str:
     """A console script of the package, from the same environment as this Python."""
     return str(Path(sys.executable).parent / name)

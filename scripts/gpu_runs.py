@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, command, config_args, latest_version, logged_metrics, machine, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, relative, run
 
 # The dry run: every step on the CPU with a few batches, so a test can run the script end to end in minutes.
 TINY = [
@@ -50,7 +50,7 @@ def fit_and_test(name: str, config: str, extra: list[str], test_extra: list[str]
         "fit_seconds": round(fit_seconds, 1),
         "test_seconds": round(test_seconds, 1),
         "test": {k: v for k, v in logged_metrics(latest_version(logs / name)).items() if k.startswith("test/")},
-        "checkpoint": str(checkpoint),
+        "checkpoint": relative(checkpoint),
     }
 
 

@@ -19,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-from common import command, latest_version, logged_metrics, machine, run
+from common import command, latest_version, logged_metrics, machine, relative, run
 
 
 def epoch_of(path: Path) -> int:
@@ -58,7 +58,7 @@ def main() -> None:
     points = []
     for path in checkpoints:
         epoch = epoch_of(path) + 1
-        point = {"epoch": epoch, "wall_seconds": round(path.stat().st_mtime - start, 1), "checkpoint": str(path)}
+        point = {"epoch": epoch, "wall_seconds": round(path.stat().st_mtime - start, 1), "checkpoint": relative(path)}
         for k in sorted({args.k, *([args.k_final] if epoch in args.final_epochs or path == checkpoints[-1] else [])}):
             name = f"e{epoch:04d}_k{k}"
             arguments = [command("vae-lightning"), "test", *(a for c in args.config for a in ("--config", c))]
@@ -77,7 +77,13 @@ def main() -> None:
                 flush=True,
             )
         points.append(point)
-    record = {"config": args.config, "machine": machine(), "k": args.k, "k_final": args.k_final, "points": points}
+    record = {
+        "config": [relative(c) for c in args.config],
+        "machine": machine(),
+        "k": args.k,
+        "k_final": args.k_final,
+        "points": points,
+    }
     if args.published is not None:
         record["published"] = {"nll": args.published, "label": args.published_label}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from common import REPO, command, latest_version, logged_metrics, machine, run
+from common import REPO, command, latest_version, logged_metrics, machine, relative, run
 
 SWEEP = REPO / "configs" / "sweeps" / "beta.yaml"
 
@@ -83,7 +83,7 @@ def one_point(configs: list[str], beta: float, latents: int, args, workdir: Path
         "nll_mc_se": tested["test/nll_mc_se"],
         "active_units": scatter["active_units"],
         "knn_accuracy": scatter["knn_accuracy"],
-        "checkpoint": str(checkpoint),
+        "checkpoint": relative(checkpoint),
     }
 
 
