@@ -78,3 +78,17 @@ def test_the_defaults_leave_torch_s_initialisation_as_it_is(tiny_mnist):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     quiet_trainer(max_steps=0, callbacks=[Initialisation()]).fit(model, datamodule=tiny_data(tiny_mnist))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_decoder_without_a_bias_is_refused_naming_the_setting(tiny_mnist):
+    from torch import nn
+
+    from vae_lightning import MLPEncoder
+
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(2, 784, bias=False), nn.Unflatten(1, (1, 28, 28)))
+    model = VAELitModule(MLPEncoder(2, [16]), decoder, latent_dim=2)
+    with pytest.raises(ConfigError, match="init.output_bias: the decoder has no bias"):
+        quiet_trainer(max_steps=1, callbacks=[Initialisation(output_bias="data_mean")]).fit(
+            model, datamodule=tiny_data(tiny_mnist)
+        )

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -19,6 +19,13 @@ TERMS = objectives.Terms._fields  # loss, recon, kl, nelbo
 # What the module logs, in nats per image: what a checkpoint callback, early stopping or a scheduler can watch.
 METRICS = (*(f"{s}/{t}" for s in ("val", "train") for t in TERMS), *(f"train/{t}_epoch" for t in TERMS))
 EVAL_SEED = 0  # validation and test draw one z per image, a fixed function of this seed and the image's index
+
+
+def logged_step(trainer: Trainer) -> bool:
+    """Whether per-step values are logged this step: on the steps the logger records and at each epoch's end (so
+    monitors see them). Each `self.log` costs Lightning's bookkeeping on the hot path, a third of a small model's
+    CPU step, so the other steps skip it."""
+    return trainer.is_last_batch or (trainer.global_step + 1) % trainer.log_every_n_steps == 0
 
 
 class VAELitModule(LightningModule):
@@ -102,10 +109,7 @@ class VAELitModule(LightningModule):
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         terms = self.terms(batch[0])
         with torch.no_grad():
-            # Per-step values on the steps the logger records and at each epoch's end (monitors see them): each
-            # `self.log` costs Lightning's bookkeeping on the hot path, a third of a small model's CPU step.
-            trainer = self.trainer
-            if trainer.is_last_batch or (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
+            if logged_step(self.trainer):
                 self.log_dict({f"train/{name}": value.mean() for name, value in zip(TERMS, terms)})
                 self.log("loss", terms.loss.mean(), prog_bar=True, logger=False)
             self._update_means("train", terms)

@@ -43,7 +43,10 @@ class Initialisation(Callback):
                     nn.init.zeros_(layer.bias)
         if self.output_bias == "data_mean":
             mean = trainer.datamodule.train_pixel_mean()  # (C, H, W)
-            name, bias = [(n, p) for n, p in pl_module.decoder.named_parameters() if n.endswith("bias")][-1]
+            biases = [(n, p) for n, p in pl_module.decoder.named_parameters() if n.endswith("bias")]
+            if not biases:
+                raise ConfigError("init.output_bias: the decoder has no bias to set: use output_bias torch.")
+            name, bias = biases[-1]
             if bias.numel() not in (mean.numel(), len(mean)):
                 raise ConfigError(
                     f"init.output_bias: the decoder's last bias `{name}` has {bias.numel()} values, neither one per "

@@ -4,13 +4,15 @@ from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.module import logged_step
 
 
 class KLWarmup(Callback):
     """Trains with the KL weight `model.kl_weight * min(1, step / length)`, rising linearly from 0 over the first
-    `epochs` epochs or `steps` optimizer steps (both 0, the default: no warm-up). `train/loss` uses it, logged as
-    `train/kl_weight`; `<stage>/nelbo` stays recon + kl. A function of the global step, so a resumed run continues
-    it. The `elbo` objective only: `iwae`'s bound has no KL term of its own. Off: `--kl_warmup null`.
+    `epochs` epochs or `steps` optimizer steps (both 0, the default: no warm-up). `train/loss` uses it, logged with
+    the per-step values as `train/kl_weight`; `<stage>/nelbo` stays recon + kl. A function of the global step, so a
+    resumed run continues it. The `elbo` objective only: `iwae`'s bound has no KL term of its own.
+    Off: `--kl_warmup null`.
 
     Args:
         epochs: length of the warm-up in epochs (of the training set as this run batches it).
@@ -43,7 +45,8 @@ class KLWarmup(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if self.target is not None:
             pl_module.kl_weight = self.target * min(1.0, trainer.global_step / self.length(trainer))
-            pl_module.log("train/kl_weight", pl_module.kl_weight, on_step=True, on_epoch=False)
+            if logged_step(trainer):
+                pl_module.log("train/kl_weight", pl_module.kl_weight, on_step=True, on_epoch=False)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.target is not None:  # the model leaves the fit with the weight it was configured with
