@@ -19,7 +19,7 @@ SPINNER = "return Bokeh.documents[0].get_model_by_name(arguments[0]).value;"
 TAP_POINT = """const points = Bokeh.documents[0].get_model_by_name('map_points');
 points.selected.indices = [arguments[0]];
 return points.data.index[arguments[0]];"""
-MAP_POINT = """const fig = Bokeh.documents[0].get_model_by_name('latent_map');
+MAP_POINT = """const fig = Bokeh.documents[0].get_model_by_name('map');
 const view = Bokeh.index.find_one(fig), box = view.el.getBoundingClientRect();
 return [box.left + view.frame.x_scale.compute(arguments[0]), box.top + view.frame.y_scale.compute(arguments[1])];"""
 SLIDERS = (

@@ -7,22 +7,19 @@ import torch
 from conftest import make_tiny_mnist
 from torchvision.datasets import MNIST
 
+from vae_lightning.errors import ConfigError
 from vae_lightning.experiments import digit_classifier
-from vae_lightning.experiments.classifier import NO_DIGIT, cached_classifier, judge, synthetic_non_digits
-
-
-def load(data_dir):
-    train, test = MNIST(str(data_dir), train=True), MNIST(str(data_dir), train=False)
-    return train.data, train.targets, test.data, test.targets
+from vae_lightning.experiments.classifier import NO_DIGIT, judge, synthetic_non_digits
 
 
 @pytest.mark.slow
-def test_real_digits_are_clear_and_noise_is_not(real_mnist, tmp_path):
+def test_real_digits_are_clear_and_noise_is_not(real_mnist):
     """Trains the classifier on the real set (about 30 s on 2 cores)."""
-    train_x, train_y, test_x, test_y = load(real_mnist)
-    classifier, report = cached_classifier(tmp_path, train_x, train_y, test_x, test_y)
+    classifier, report = digit_classifier(str(real_mnist))
     assert report["test_accuracy"] > 0.97 and report["test_clear"] > 0.95 and report["noise_rejected"] > 0.9
 
+    test = MNIST(str(real_mnist), train=False)
+    test_x, test_y = test.data, test.targets
     digits = test_x[:500].float().div(255).unsqueeze(1)
     on_digits = judge(classifier, digits)
     assert (on_digits.digit == test_y[:500]).float().mean() > 0.97
@@ -41,24 +38,7 @@ def test_real_digits_are_clear_and_noise_is_not(real_mnist, tmp_path):
     assert judge(classifier, overlays).clear.float().mean() < 0.4
 
 
-def test_the_classifier_is_trained_once_and_cached(tmp_path):
-    make_tiny_mnist(tmp_path / "data")
-    train_x, train_y, test_x, test_y = load(tmp_path / "data")
-    first, report = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
-    (path,) = (tmp_path / "cache" / "classifiers").iterdir()
-    stamp = path.stat().st_mtime_ns
-    again, cached_report = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
-    assert path.stat().st_mtime_ns == stamp and cached_report == report
-    probe = torch.rand(4, 1, 28, 28)
-    assert torch.equal(judge(first, probe).probs, judge(again, probe).probs)
-
-    path.write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
-    rebuilt, _ = cached_classifier(tmp_path / "cache", train_x, train_y, test_x, test_y)
-    assert torch.load(path, weights_only=True)["report"]["test_accuracy"] >= 0
-    assert judge(rebuilt, probe).probs.shape == (4, NO_DIGIT + 1)
-
-
-def test_the_experiments_classifier_is_trained_once_per_data_dir_then_loaded(tmp_path):
+def test_the_classifier_is_trained_once_per_data_dir_then_loaded_and_rebuilt_when_damaged(tmp_path):
     make_tiny_mnist(tmp_path / "data")
     data_dir = str(tmp_path / "data")
     classifier, report = digit_classifier(data_dir)
@@ -71,6 +51,12 @@ def test_the_experiments_classifier_is_trained_once_per_data_dir_then_loaded(tmp
     probe = torch.rand(4, 1, 28, 28)
     assert torch.equal(judge(classifier, probe).probs, judge(again, probe).probs)
 
+    path.write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
+    digit_classifier.cache_clear()
+    rebuilt, _ = digit_classifier(data_dir)
+    assert torch.load(path, weights_only=True)["report"]["test_accuracy"] >= 0
+    assert judge(rebuilt, probe).probs.shape == (4, NO_DIGIT + 1)
+
 
 def test_synthetic_non_digits_are_images_in_range():
     images = torch.rand(50, 1, 28, 28)
@@ -80,21 +66,18 @@ def test_synthetic_non_digits_are_images_in_range():
 
 
 def test_a_read_only_data_dir_caches_the_classifier_in_the_user_cache(tmp_path, monkeypatch, read_only):
-    from vae_lightning.errors import ConfigError
-    from vae_lightning.experiments.classifier import check_cache
-
     make_tiny_mnist(tmp_path / "data")
-    train_x, train_y, test_x, test_y = load(tmp_path / "data")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    digit_classifier.cache_clear()
     with read_only(tmp_path / "data"):
-        check_cache(tmp_path / "data")  # writable elsewhere: accepted
-        cached_classifier(tmp_path / "data", train_x, train_y, test_x, test_y)
+        digit_classifier(str(tmp_path / "data"))
         assert [p.parent for p in (tmp_path / "user-cache").rglob("digits-*.pt")] == [
             tmp_path / "user-cache" / "vae-lightning" / "classifiers"
         ]
         assert not (tmp_path / "data" / "classifiers").exists()
     (tmp_path / "no-cache").mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
-    refused = pytest.raises(ConfigError, match="digit classifier cannot be cached.*XDG_CACHE_HOME")
+    digit_classifier.cache_clear()
+    refused = pytest.raises(ConfigError, match=r"digit classifier's cache \(XDG_CACHE_HOME, as data.data_dir is")
     with read_only(tmp_path / "data"), read_only(tmp_path / "no-cache"), refused:
-        check_cache(tmp_path / "data")  # nowhere to write: refused before any training
+        digit_classifier(str(tmp_path / "data"))  # nowhere to write: refused before any training

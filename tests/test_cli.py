@@ -262,6 +262,15 @@ def test_idle_pieces_stay_out_of_the_trainer(run_cli, tiny_config):
     args = ("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run", "true")
     kinds = {type(c).__name__ for c in run_cli(*args, "--experiments.names", "[]").trainer.callbacks}
     assert "LatentWriter" not in kinds and "Experiments" not in kinds  # predict's writer, and no experiments to run
+    assert "TestLikelihood" not in kinds and {"NonFiniteGuard", "ExactResume", "LastCheckpoint"} <= kinds
+    assert "KLWarmup" not in kinds and "Initialisation" not in kinds  # torch's start and no warm-up: nothing to do
+    set_up = {
+        type(c).__name__ for c in run_cli(*args, "--kl_warmup.steps", "5", "--init.weights", "glorot").trainer.callbacks
+    }
+    assert {"KLWarmup", "Initialisation"} <= set_up
+    test = ("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.fast_dev_run", "true")
+    kinds = {type(c).__name__ for c in run_cli(*test).trainer.callbacks}
+    assert "TestLikelihood" in kinds and not kinds & {"NonFiniteGuard", "ExactResume", "Experiments"}
     assert "Experiments" in {type(c).__name__ for c in run_cli(*args).trainer.callbacks}  # the config's experiments
     checkpoints = run_cli(*args, "--trainer.enable_checkpointing", "false").trainer.checkpoint_callbacks
     assert checkpoints == []  # no clash with Lightning's enable_checkpointing
@@ -270,7 +279,7 @@ def test_idle_pieces_stay_out_of_the_trainer(run_cli, tiny_config):
 def test_the_atomic_checkpoint_writer_is_the_default_plugin_and_off_with_one_setting(run_cli, tiny_config):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from vae_lightning.checkpoint_io import AtomicCheckpointIO
+    from vae_lightning.runs import AtomicCheckpointIO
 
     args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config)
     assert type(run_cli(*args, run=False).trainer.strategy.checkpoint_io) is AtomicCheckpointIO

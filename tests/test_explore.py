@@ -185,11 +185,29 @@ def accepted_connections(port: int) -> list[socket.socket]:
     return connections
 
 
-def test_the_page_s_websocket_sends_each_frame_at_once(run_cli, tiny_config, tmp_path):
+def websocket_handshake(port: int, origin: str) -> int:
+    """The HTTP status the explorer answers a websocket handshake on its /ws from a page of `origin` with."""
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        f"Origin: {origin}",
+        "",
+        "",
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall("\r\n".join(lines).encode())
+        return int(connection.recv(1024).split()[1])
+
+
+def test_the_page_s_websocket_sends_each_frame_at_once_and_only_to_its_own_origin(run_cli, tiny_config, tmp_path):
     """Nagle's algorithm is off on the server's end of the page's connections once the page is ready (else each
     decoding waits ~40 ms for the browser's delayed acknowledgement; the round trip itself is measured by
     scripts/explore_latency.py). Tornado turns it off after every HTTP request, so without the explorer's
-    doing no connection has it."""
+    doing no connection has it. A page of another origin may not open the websocket."""
     import asyncio
     import threading
 
@@ -218,6 +236,8 @@ def test_the_page_s_websocket_sends_each_frame_at_once(run_cli, tiny_config, tmp
         driver.get(f"http://127.0.0.1:{port}/")
         wait_for(lambda: driver.execute_script(READY))
         wait_for(lambda: (options := nodelay()) and all(options), timeout=10, what="TCP_NODELAY on every connection")
+        assert websocket_handshake(port, f"http://localhost:{port}") == 101  # then closed: no session token
+        assert websocket_handshake(port, "http://elsewhere.example") == 403
     finally:
         driver.quit()
         server.io_loop.add_callback(lambda: (server.stop(), server.io_loop.stop()))

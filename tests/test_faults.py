@@ -193,7 +193,7 @@ def test_a_write_failure_keeps_the_previous_checkpoint_intact(tiny_config, tmp_p
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):
-    from vae_lightning.checkpoint_io import AtomicCheckpointIO
+    from vae_lightning.runs import AtomicCheckpointIO
 
     io_ = AtomicCheckpointIO()
     io_.save_checkpoint({"w": torch.ones(3)}, tmp_path / "a.ckpt")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import os
-import pickle
 import shutil
 import socket
 import subprocess
@@ -15,13 +12,11 @@ import threading
 import time
 import urllib.request
 
-import numpy
 import pytest
 from conftest import SHARED_RAW, gzip_file, make_tiny_mnist, sha256
 
 from vae_lightning.data.files import (
     MNIST_FILES,
-    NumericArrays,
     check_file,
     default_data_dir,
     ensure_mnist,
@@ -160,8 +155,8 @@ def test_the_download_gives_up_on_a_mirror_that_never_answers(tmp_path, monkeypa
         start = time.monotonic()
         attempt.start()
         attempt.join(timeout=40)  # without the timeout, urlopen would wait for ever
-        assert not attempt.is_alive() and time.monotonic() - start < 30  # then pip fails at once, offline
-    assert errors and "torchvision's download" in str(errors[0]) and "timed out" in str(errors[0]), errors
+        assert not attempt.is_alive() and time.monotonic() - start < 30
+    assert errors and "timed out" in str(errors[0]), errors
 
 
 def _error_of(function, *args):
@@ -191,37 +186,6 @@ def test_default_data_dir_is_a_user_cache_overridable_by_environment(monkeypatch
     assert default_data_dir() == tmp_path / "cache" / "vae-lightning"
     monkeypatch.setenv("VAE_LIGHTNING_DATA_DIR", str(tmp_path / "mine"))
     assert default_data_dir() == tmp_path / "mine"
-
-
-class Boom:
-    def __reduce__(self):
-        return (os.system, ("echo owned",))
-
-
-class RawArray:  # a pickle that calls numpy.ndarray itself, for an object array
-    def __reduce__(self):
-        return (numpy.ndarray, ((2,), "O"))
-
-
-def load(data: bytes):
-    return NumericArrays(io.BytesIO(data), encoding="latin1").load()
-
-
-def test_the_unpickler_takes_numeric_arrays_and_refuses_everything_else():
-    arrays = ((numpy.arange(6, dtype=numpy.float32).reshape(2, 3), numpy.arange(2)), [numpy.zeros(3, numpy.uint8)])
-    for data in (
-        pickle.dumps(arrays, protocol=4),  # numpy 2 names its reconstructor numpy._core.multiarray
-        pickle.dumps(arrays, protocol=3).replace(b"numpy._core.multiarray", b"numpy.core.multiarray"),  # numpy 1
-    ):
-        loaded = load(data)
-        assert numpy.array_equal(loaded[0][0], arrays[0][0]) and loaded[0][0].dtype == numpy.float32
-        assert numpy.array_equal(loaded[1][0], arrays[1][0]) and loaded[1][0].dtype == numpy.uint8
-    with pytest.raises(pickle.UnpicklingError, match="refused to load global (posix|nt).system"):
-        load(pickle.dumps(Boom(), protocol=4))
-    with pytest.raises(pickle.UnpicklingError, match="refused dtype 'O8'"):  # objects could smuggle anything in
-        load(pickle.dumps(numpy.array([Boom()], dtype=object), protocol=4))
-    with pytest.raises(TypeError):  # numpy.ndarray is only the reconstructor's argument: nothing to call
-        load(pickle.dumps(RawArray(), protocol=4))
 
 
 @pytest.mark.slow

@@ -147,7 +147,12 @@ def test_counts_that_do_not_match_the_launcher_and_a_batch_that_does_not_divide_
         ], out[-2000:]
     for status, out in torchrun_nodes([*base, "--data.batch_size", "49"], tmp_path):
         (line,) = errors(out)
-        assert status != 0 and "data.batch_size=49 is the global batch size" in line and "2 processes" in line
+        assert (
+            status != 0
+            and "data.batch_size=49 must split across 2 processes" in line
+            and "global batch size" in line
+            and "2 processes" in line
+        )
 
 
 @pytest.mark.slow
@@ -185,12 +190,13 @@ def test_an_unreachable_rendezvous_is_named_within_a_bounded_wait(tiny_config, t
         ({"SLURM_NTASKS": "6", "SLURM_NNODES": "3", "SLURM_JOB_NAME": "bash"}, (1, 1), None),  # interactive
     ],
 )
-def test_the_trainer_s_counts_are_checked_against_the_launcher_s(environ, counts, expected):
+def test_the_trainer_s_counts_are_checked_against_the_launcher_s(monkeypatch, environ, counts, expected):
+    monkeypatch.setattr(os, "environ", environ)
     if expected is None:
-        check_launch(*counts, environ=environ)
+        check_launch(*counts)
     else:
         with pytest.raises(ConfigError, match=expected.replace(" ", r"\s")):
-            check_launch(*counts, environ=environ)
+            check_launch(*counts)
 
 
 # ------------------------------------------------------------------------------------------------ Slurm

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_networks
+from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_lightning.nets.contract import check_networks
 
 
 @pytest.mark.parametrize(("encoder", "decoder"), [(MLPEncoder, MLPDecoder), (ConvEncoder, ConvDecoder)])
@@ -55,6 +56,11 @@ class SmallImages(nn.Module):
         return self.net(z).view(-1, 1, 16, 16)
 
 
+class Rounded(MLPDecoder):
+    def forward(self, z):
+        return super().forward(z).round().long()
+
+
 class WithBatchNorm(MLPEncoder):
     def __init__(self, latent_dim: int = 2):
         super().__init__(latent_dim)
@@ -82,6 +88,11 @@ class WithBatchNorm(MLPEncoder):
             r".* returned \(2, 1, 16, 16\)",
         ),
         (nn.Linear(10, 2), MLPDecoder(2), r"model.encoder \(Linear\) fails on MNIST images of shape \(2, 1, 28, 28\)"),
+        (
+            MLPEncoder(2),
+            Rounded(2),
+            r"model.decoder \(Rounded\) must return floating-point values, unrounded; it returned torch.int64",
+        ),
     ],
 )
 def test_networks_that_break_the_contract_are_refused_with_shapes(encoder, decoder, match):

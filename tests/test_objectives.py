@@ -11,9 +11,7 @@ from torch import nn
 from vae_lightning.callbacks.speed import subnormals_flushed
 from vae_lightning.nets import ConvDecoder, MLPDecoder
 from vae_lightning.objectives import (
-    bernoulli_log_likelihood,
     bernoulli_nll,
-    decode_draws,
     fused_log_likelihood,
     gaussian_kl,
     importance_weighted_bound,
@@ -21,6 +19,7 @@ from vae_lightning.objectives import (
     log_importance_weights,
     log_prior_over_posterior,
     monte_carlo_variance,
+    reparameterize,
     softplus_sum,
 )
 
@@ -52,21 +51,10 @@ def test_bernoulli_nll_is_the_summed_cross_entropy():
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_the_evaluation_likelihood_equals_the_cross_entropy(binary):
-    generator = torch.Generator().manual_seed(5)
-    logits = torch.randn(4, 30, 784, generator=generator) * 4  # (B, K, D), saturated pixels included
-    x = torch.rand(4, 784, generator=generator)
-    x = torch.bernoulli(x, generator=generator) if binary else x
-    expected = -bernoulli_nll(logits.double().view(4, 30, 1, 28, 28), x.double().view(4, 1, 1, 28, 28))  # (B, K)
-    got = bernoulli_log_likelihood(logits, x)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
-
-
-@pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: logits in the hundreds, beyond exp's float32 range
 def test_log_importance_weights_are_the_training_path_s_terms(binary, scale):
     """Evaluation's image-major, chunked computation gives log p(x | z) + log p(z) - log q(z | x) as
-    the training path computes them (decode_draws: the cross-entropy), to float32 rounding."""
+    the training path computes them (`bernoulli_nll`: the cross-entropy), to float32 rounding."""
     torch.manual_seed(2)
     decoder = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 784), nn.Unflatten(1, (1, 28, 28)))
     with torch.no_grad():
@@ -74,7 +62,8 @@ def test_log_importance_weights_are_the_training_path_s_terms(binary, scale):
     x = torch.bernoulli(torch.full((9, 1, 28, 28), 0.2)) if binary else torch.rand(9, 1, 28, 28)
     mu, logvar, eps = torch.randn(9, 4), torch.randn(9, 4) * 0.3, torch.randn(50, 9, 4)
     with torch.no_grad():
-        z, log_px_z = decode_draws(x, mu, logvar, eps, decoder)
+        z = reparameterize(mu, logvar, eps)
+        log_px_z = -bernoulli_nll(decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2]), x)
         expected = log_px_z + log_prior_over_posterior(eps, z, logvar)
         assert expected.isfinite().all()
         for chunk_size in (7, 37, 450, 10**6):
@@ -82,16 +71,22 @@ def test_log_importance_weights_are_the_training_path_s_terms(binary, scale):
             torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-3)
 
 
+def mlp_log_likelihood(decoder: MLPDecoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Evaluation's log p(x | z) (B, K) of z (K, B, L), x (B, 784): with mu = 0 and sigma = 1, z = eps and
+    log w = log p(x | z) exactly."""
+    zeros = torch.zeros(z.shape[1:])
+    return log_importance_weights(x.view(-1, 1, 28, 28), zeros, zeros, z, decoder, chunk_size=2048).T
+
+
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
 @pytest.mark.parametrize("hidden_dims", [(200, 200), ()])
 @pytest.mark.parametrize("beyond_exp", ["biases", "weights"])
-def test_the_fused_mlp_likelihood_equals_the_decoder_s_cross_entropy(beyond_exp, activation, hidden_dims, binary):
-    """`fused_log_likelihood` (softplus in place in W h with exp(b) as a factor, the data term from the last
-    hidden layer) gives the float64 cross-entropy of the decoder's own logits to float32 rounding, also for
-    draws whose logits pass exp's float32 range (their rows summed again): through biases beyond +-60 (then
-    log(1 + exp(l)) with the bias added first) or through large weights with small biases (exp(W h)
-    overflowing or underflowing while exp(b) scales it)."""
+def test_the_mlp_evaluation_likelihood_equals_the_decoder_s_cross_entropy(beyond_exp, activation, hidden_dims, binary):
+    """Evaluation's likelihood of an `MLPDecoder` gives the float64 cross-entropy of the decoder's own logits to
+    float32 rounding, also for draws whose logits pass exp's float32 range: through large weights with small
+    biases (`fused_log_likelihood`: exp(W h) overflowing or underflowing while exp(b) scales it, overflowing rows
+    summed again) or through biases beyond +-60 (the fused path steps aside: the decoder's logits)."""
     torch.manual_seed(6)
     decoder = MLPDecoder(latent_dim=8, hidden_dims=hidden_dims, activation=activation).eval()
     with torch.no_grad():
@@ -100,20 +95,19 @@ def test_the_fused_mlp_likelihood_equals_the_decoder_s_cross_entropy(beyond_exp,
         else:
             decoder.head.weight.mul_(60.0)  # W h in the hundreds either way
             decoder.head.bias[:3] = torch.tensor([-55.0, 55.0, 0.0])
-        z = torch.randn(4, 30, 8) * 2
+        z = torch.randn(30, 4, 8) * 2
         x = torch.rand(4, 784)
         x = torch.bernoulli(x) if binary else x
-        fused = fused_log_likelihood(decoder)
-        assert fused is not None
-        got = fused(z, x)
-        logits = decoder(z.flatten(0, 1)).double().view(4, 30, 1, 28, 28)
+        assert (fused_log_likelihood(decoder) is None) == (beyond_exp == "biases")
+        got = mlp_log_likelihood(decoder, z, x)
+        logits = decoder(z.transpose(0, 1).flatten(0, 1)).double().view(4, 30, 1, 28, 28)
     expected = -bernoulli_nll(logits, x.double().view(4, 1, 1, 28, 28))
     torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=1e-3)
 
 
-def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
-    """exp(-95) is subnormal, zero where subnormals are flushed (as evaluation runs): a bias below -60 is
-    added before exp, so logits near -7 from W h near 88 still count (about 1e-3 nats per pixel)."""
+def test_the_evaluation_likelihood_keeps_a_bias_whose_exp_leaves_float32():
+    """exp(-95) is subnormal, zero where subnormals are flushed (as evaluation runs): with a bias below -60 the
+    fused path steps aside, so logits near -7 from W h near 88 still count (about 1e-3 nats per pixel)."""
     decoder = MLPDecoder(latent_dim=1, hidden_dims=()).eval()
     flushed, threads = subnormals_flushed(), torch.get_num_threads()
     try:
@@ -122,10 +116,10 @@ def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
         with torch.no_grad():
             decoder.head.weight.fill_(1.0)
             decoder.head.bias.fill_(-95.0)
-            z = 88.0 + 0.5 * torch.rand(3, 20, 1, generator=torch.Generator().manual_seed(0))  # exp(W h) finite
+            z = 88.0 + 0.5 * torch.rand(20, 3, 1, generator=torch.Generator().manual_seed(0))  # exp(W h) finite
             x = torch.zeros(3, 784)
-            got = fused_log_likelihood(decoder)(z, x)
-            logits = decoder(z.flatten(0, 1)).double().view(3, 20, 1, 28, 28)
+            got = mlp_log_likelihood(decoder, z, x)
+            logits = decoder(z.transpose(0, 1).flatten(0, 1)).double().view(3, 20, 1, 28, 28)
     finally:
         torch.set_flush_denormal(flushed)
         torch.set_num_threads(threads)
@@ -136,7 +130,8 @@ def test_the_fused_likelihood_keeps_a_bias_whose_exp_leaves_float32():
 
 def test_the_fused_likelihood_is_used_only_where_it_applies():
     """The fused path replaces the plain one in evaluation of an MLPDecoder only (with gradients on, or for
-    another decoder, the decoder's own forward is used), and the NLL estimate is the plain path's."""
+    another decoder, the decoder's own forward is used), and the NLL estimate is the plain path's (with gradients
+    on: the decoder's logits)."""
     mlp = MLPDecoder(latent_dim=4, hidden_dims=(32,), activation="tanh")
     with torch.no_grad():
         assert fused_log_likelihood(mlp) is not None
@@ -149,10 +144,11 @@ def test_the_fused_likelihood_is_used_only_where_it_applies():
         return torch.randn(n, 5, 4, generator=torch.Generator().manual_seed(block))
 
     with torch.no_grad():
-        estimate = importance_weighted_nll(x, mu, logvar, mlp, noise, 300, 256, block_size=128)
-        eps = torch.cat([noise(0, 128), noise(1, 128), noise(2, 44)])
-        plain = -importance_weighted_bound(log_importance_weights(x, mu, logvar, eps, mlp, 256))
-    torch.testing.assert_close(estimate.nll, plain, rtol=2e-6, atol=1e-4)
+        estimate = importance_weighted_nll(x, mu, logvar, mlp, noise, 300, 256)  # blocks of 128
+    eps = torch.cat([noise(0, 128), noise(1, 128), noise(2, 44)])
+    plain = -importance_weighted_bound(log_importance_weights(x, mu, logvar, eps, mlp, 256))
+    assert plain.requires_grad  # the decoder's own logits
+    torch.testing.assert_close(estimate.nll, plain.detach(), rtol=2e-6, atol=1e-4)
 
 
 class OneLatentDecoder(nn.Module):
@@ -244,7 +240,7 @@ def test_monte_carlo_variance_predicts_the_spread_over_draws():
     sd = ((posterior * (z.double().unsqueeze(1) - mean).square()).sum(0)).sqrt()
     mu, logvar = (mean + 0.3 * sd).float().unsqueeze(1), (2 * (1.5 * sd).log()).float().unsqueeze(1)
     estimates = [
-        importance_weighted_nll(x, mu, logvar, decoder, lambda block, n: torch.randn(n, 6, 1), 200, 4096, 64)
+        importance_weighted_nll(x, mu, logvar, decoder, lambda block, n: torch.randn(n, 6, 1), 200, 4096)
         for _ in range(400)
     ]
     spread = torch.stack([e.nll for e in estimates]).double().var(0)  # (B,)

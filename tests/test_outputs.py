@@ -142,7 +142,7 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_run_resumes(tiny_config, tmp_p
 def test_a_temporary_file_left_by_a_killed_save_is_cleaned_up_by_the_next_run(run_cli, tiny_config, tmp_path):
     folder = tmp_path / "fixed"
     killed = (  # a real process killed in the middle of an atomic write
-        "import os, signal; from pathlib import Path; from vae_lightning.atomic import atomic_path\n"
+        "import os, signal; from pathlib import Path; from vae_lightning.runs import atomic_path\n"
         f"with atomic_path(Path({str(folder / 'last.ckpt')!r})) as tmp:\n"
         "    tmp.write_bytes(b'half a checkpoint'); os.kill(os.getpid(), signal.SIGKILL)"
     )

@@ -37,7 +37,7 @@ def test_the_kl_weight_rises_linearly_over_the_warm_up_and_only_the_loss_uses_it
 
 def test_a_warm_up_in_steps_and_none_at_all():
     assert KLWarmup(steps=7).length(None) == 7
-    assert not KLWarmup().active
+    assert KLWarmup().idle
     with pytest.raises(ConfigError, match="give one length"):
         KLWarmup(epochs=1, steps=1)
 

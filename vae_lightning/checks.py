@@ -1,12 +1,13 @@
-"""The CLI's checks across several settings, each run before any work: what one setting alone can say is in its
-signature instead (`Literal`, jsonargparse's `PositiveInt`, ...), where the parser names the key itself."""
+"""The CLI's checks before any work: settings across fields (one setting alone is checked by its signature), `--config`
+files, checkpoints (read as data, never code); and what other libraries raised, named by where it arose."""
 
-from __future__ import annotations
-
+import math
 import os
 import sys
 import traceback
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import lightning
 import torch
@@ -14,10 +15,10 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor, nn
 
 from vae_lightning.callbacks.last_checkpoint import LastCheckpoint
 from vae_lightning.callbacks.warmup import KLWarmup
-from vae_lightning.checkpointing import check_checkpoint_file, checkpoint_score
 from vae_lightning.distributed import check_launch
 from vae_lightning.errors import ConfigError, attributed, first_line
 from vae_lightning.module import METRICS
@@ -35,23 +36,28 @@ RENAMED = {
     "model.lr_scheduler_interval": "nothing (the scheduler steps once per epoch): remove it",
 }
 LIGHTNING = str(Path(lightning.__file__).parent)  # where Lightning's own code lives
+# What decides which images a run trains and validates on, and what their pixels are.
+DATA_IDENTITY = ("val_size", "seed", "binarize", "checksums")
+# What decides the model a checkpoint holds (LightningCLI puts these over the config under --ckpt_path).
+ARCHITECTURE = ("latent_dim", "encoder", "decoder", "objective", "train_samples", "recon_weight", "kl_weight")
+SECTIONS = {"data": ("datamodule_hyper_parameters", DATA_IDENTITY), "model": ("hyper_parameters", ARCHITECTURE)}
 
 
 def check_arguments(args: list[str]) -> None:
     """Before parsing: refuse `--speed false`, and a `--config` file that is not YAML, naming file, line and column."""
     if "--speed" in args and args[args.index("--speed") + 1 :][:1] == ["false"]:
         raise ConfigError("--speed false is now --speed null (every speed measure off).")
-    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
-    for path in filter(os.path.isfile, paths + [a.split("=", 1)[1] for a in args if a.startswith("--config=")]):
+    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")] + [
+        a[9:] for a in args if a[:9] == "--config="
+    ]
+    for path in [p for p in paths if os.path.isfile(p) and os.access(p, os.R_OK)]:  # others: jsonargparse names them
         try:
-            yaml.safe_load(Path(path).read_text())
+            yaml.safe_load(Path(path).read_bytes())  # bytes: a wrong encoding is a YAMLError too
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or err
+            problem = getattr(err, "problem", None) or first_line(err)
             raise ConfigError(f"--config {path}: not valid YAML{where} ({problem}): fix the file.") from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {path}: cannot be read ({err}).") from err
 
 
 def check_settings(config, subcommand: str | None) -> None:
@@ -69,21 +75,19 @@ def check_settings(config, subcommand: str | None) -> None:
     if subcommand and config.get("weights_only") is None:
         config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
     logger, root = trainer.get("logger"), trainer.get("default_root_dir")
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))  # where `wandb login` keeps the key
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
     for item in [i for i in (logger if isinstance(logger, list) else [logger]) if hasattr(i, "class_path")]:
         save_dir = item.init_args.get("save_dir")
         if root and not (save_dir and Path(save_dir).is_absolute()):  # default_root_dir moves the whole run
             item.init_args["save_dir"] = os.path.join(root, save_dir or "")
-        online = item.class_path.endswith("WandbLogger") and not item.init_args.get("offline")
-        if online and os.environ.get("WANDB_MODE", "").lower() not in ("offline", "dryrun", "disabled"):
-            netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))  # where `wandb login` keeps the key
-            if not os.environ.get("WANDB_API_KEY") and not (
-                os.access(netrc, os.R_OK) and "api.wandb.ai" in netrc.read_text()
-            ):
-                raise ConfigError(
-                    "trainer.logger is W&B online, but no W&B API key is set up: run `wandb login` (or set "
-                    "WANDB_API_KEY), or log offline with WANDB_MODE=offline or trainer.logger.init_args.offline: true "
-                    "and `wandb sync` later."
-                )
+        online = item.class_path.endswith("WandbLogger") and not (offline or item.init_args.get("offline"))
+        key = os.environ.get("WANDB_API_KEY") or os.access(netrc, os.R_OK) and "api.wandb.ai" in netrc.read_text()
+        if online and not key:
+            raise ConfigError(
+                "trainer.logger is W&B online, but no W&B API key is set up: run `wandb login` (or set WANDB_API_KEY), "
+                "or log offline (WANDB_MODE=offline or trainer.logger.init_args.offline: true) and `wandb sync` later."
+            )
 
 
 def check_fit(trainer: Trainer, model: LightningModule, datamodule: LightningDataModule) -> None:
@@ -119,9 +123,64 @@ def check_fit(trainer: Trainer, model: LightningModule, datamodule: LightningDat
         )
 
 
+def peek(path: str | os.PathLike) -> Any:
+    """A checkpoint's contents as tensors and plain data (never code), memory-mapped: for checks before loading."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False) -> Path:
+    """Refuse a missing, damaged, code-carrying or non-Lightning checkpoint; with `resume`, one of weights only."""
+    path, named = Path(path), f"{field} {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{named} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if (bad := archive.testzip()) is not None:  # reads every member and checks its CRC
+                raise zipfile.BadZipFile(f"member {bad} fails its checksum")
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ConfigError(
+            f"{named} is truncated or corrupted ({err}); it cannot be loaded. Use another checkpoint (a "
+            "best-*.ckpt beside it, or an earlier run's last.ckpt)."
+        ) from err
+    try:
+        checkpoint = peek(path)
+    except Exception as err:
+        raise ConfigError(
+            f"{named} holds more than tensors and plain data, so it was not loaded (no code from a checkpoint runs "
+            f"here): {str(err).splitlines()[-1] if str(err) else type(err).__name__}"
+        ) from err
+    keys = set(checkpoint) if isinstance(checkpoint, dict) else set()
+    if not {"state_dict", "pytorch-lightning_version"} <= keys:
+        what = f"a dict of {sorted(map(str, keys))[:6]}" if keys else f"a {type(checkpoint).__name__}"
+        if keys and all(isinstance(v, Tensor) for v in checkpoint.values()):
+            what = "a bare state_dict (parameter tensors by name)"
+        raise ConfigError(
+            f"{named} holds {what}, not a Lightning checkpoint (state_dict, hyper_parameters, "
+            "pytorch-lightning_version): point it at a .ckpt written by `vae-lightning fit`, or load a bare "
+            "state_dict in Python with model.load_state_dict(torch.load(path))."
+        )
+    if resume and not {"optimizer_states", "loops"} <= keys:
+        raise ConfigError(
+            f"{named} holds weights only (no optimizer or loop state), so `fit` cannot resume from it: test or "
+            "predict with it, or start a new fit without --ckpt_path."
+        )
+    return path
+
+
+def checkpoint_score(path: Path) -> float:
+    """The monitored value a ModelCheckpoint recorded when it wrote `path`, signed so that lower is better."""
+    try:
+        states = peek(path).get("callbacks", {})
+    except Exception:  # unreadable: last choice (check_checkpoint_file names the problem if it is chosen)
+        return math.inf
+    for key, state in states.items():
+        if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
+            return -float(state["current_score"]) if "'mode': 'max'" in key else float(state["current_score"])
+    return math.inf
+
+
 def resolve_checkpoint(trainer: Trainer, kind: str, subcommand: str) -> Path:
-    """`--ckpt_path last|best`: the newest last.ckpt, or the best-scored of the newest run's top-k checkpoints (every
-    .ckpt but last.ckpt), in last_checkpoint.dirpath or checkpoint.dirpath when set, else in this logger's runs."""
+    """`--ckpt_path last|best`: the newest last.ckpt, or the best of the newest run's other .ckpt files, checked."""
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint) == (kind == "last")]
     if folders and folders[0]:
         where, pattern = Path(folders[0]), "*.ckpt"
@@ -129,25 +188,65 @@ def resolve_checkpoint(trainer: Trainer, kind: str, subcommand: str) -> Path:
         where, pattern = logger_root(trainer), "*/checkpoints/*.ckpt"  # each run logs to a new version
     else:
         where, pattern = Path(trainer.default_root_dir) / "checkpoints", "*.ckpt"
-    runs: dict[Path, list[Path]] = {}
-    for path in sorted(where.glob(pattern)):
-        if (path.name == "last.ckpt") == (kind == "last"):
-            runs.setdefault(path.parent, []).append(path)
-    if not runs:
+    found = sorted(path for path in where.glob(pattern) if (path.name == "last.ckpt") == (kind == "last"))
+    if not found:
         what = "no last.ckpt under {}: nothing to resume" if kind == "last" else "no best checkpoint under {}"
         raise ConfigError(
             f"--ckpt_path {kind}: {what.format(where)}. Start without --ckpt_path, or give the checkpoint's path."
         )
-    newest = runs[max(runs, key=lambda folder: max(p.stat().st_mtime for p in runs[folder]))]
-    found = min(newest, key=checkpoint_score) if kind == "best" else newest[0]
+    chosen = max(found, key=lambda path: path.stat().st_mtime)
+    if kind == "best":  # of the newest run's checkpoints
+        chosen = min((path for path in found if path.parent == chosen.parent), key=checkpoint_score)
     what = "Resuming from {} (the newest last.ckpt under {})" if kind == "last" else "Using {} (the best under {})"
-    print(f"vae-lightning: {what.format(found, where)}", file=sys.stderr)
-    return check_checkpoint_file(found, f"--ckpt_path {kind} ({found})", resume=subcommand == "fit")
+    print(f"vae-lightning: {what.format(chosen, where)}", file=sys.stderr)
+    return check_checkpoint_file(chosen, f"--ckpt_path {kind} ({chosen})", resume=subcommand == "fit")
+
+
+def differences(path: str | os.PathLike, section: str, current: Any) -> list[str]:
+    """Where checkpoint `path` and the `current` settings differ in what decides the `section` ("data", "model")."""
+    key, names = SECTIONS[section]
+    saved = peek(path).get(key) or {}
+    pairs = [(k, _plain(saved[k]), _plain(current[k])) for k in names if k in saved and k in current]
+    return [f"{section}.{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in pairs if a != b]
+
+
+def _plain(value: Any) -> Any:
+    """A config value (jsonargparse Namespace, class_path dict) as plain data, class paths by class name."""
+    value = value.as_dict() if hasattr(value, "as_dict") else value
+    if isinstance(value, dict):
+        plain = {k: _plain(v) for k, v in value.items() if k != "latent_dim"}  # linked: compared on its own
+        if "class_path" in plain:
+            plain["class_path"] = str(plain["class_path"]).rsplit(".", 1)[-1]
+        return plain
+    return list(map(_plain, value)) if isinstance(value, (list, tuple)) else value
+
+
+def check_continuation(path: str | os.PathLike, module: nn.Module, model_config: Any, data_hparams: Any = None) -> None:
+    """Refuse a checkpoint whose weights do not fit `module`, or, resuming a fit (`data_hparams`), saw other data."""
+    changed = differences(path, "data", data_hparams) if data_hparams is not None else []
+    if changed:
+        raise ConfigError(
+            f"--ckpt_path {str(path)!r}: resuming would continue on other data than the run saw "
+            f"({'; '.join(changed)}). Resume with the run's data settings (its config.yaml), or start a new fit "
+            "without --ckpt_path."
+        )
+    saved, own = peek(path).get("state_dict", {}), module.state_dict()
+    shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in saved.items() if k in own}
+    problems = [f"{k}: {a} in the checkpoint, {b} in the model" for k, (a, b) in shapes.items() if a != b]
+    problems += [f"{k}: missing from the checkpoint" for k in sorted(set(own) - set(saved))[:5]]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(set(saved) - set(own))[:5]]
+    if problems:
+        changed = "; ".join(differences(path, "model", model_config))
+        raise ConfigError(
+            "the checkpoint's architecture does not fit the model built from the config"
+            + (f" ({changed})" if changed else "")
+            + f": {'; '.join(problems[:8])}. Use the config the checkpoint was trained with (its config.yaml), "
+            "or load it without a config: VAELitModule.load_from_checkpoint(path)."
+        )
 
 
 def build_error(err: BaseException) -> ConfigError:
-    """What the configured classes raised while built, as a ConfigError: ours as it is, another's naming the class
-    whose `__init__` raised it, with its arguments (the outermost such frame: where the error arose)."""
+    """What a configured class raised while built, as a ConfigError naming the class and its arguments (ours as is)."""
     while err.__cause__ is not None:  # jsonargparse wraps what a class raises in its own error (a Union's)
         err = err.__cause__
     if isinstance(err, ConfigError):
@@ -162,8 +261,7 @@ def build_error(err: BaseException) -> ConfigError:
 
 
 def lightning_setting_error(err: BaseException) -> ConfigError | None:
-    """A ConfigError for a setting Lightning refused (its MisconfigurationException or ValueError, raised in its own
-    code), naming `seed_everything` when raised while seeding, else `trainer`; None for anything else."""
+    """A ConfigError naming `trainer` (`seed_everything` when seeding) for what Lightning's code refused; else None."""
     frames = traceback.extract_tb(err.__traceback__)
     in_lightning = bool(frames) and frames[-1].filename.startswith(LIGHTNING)
     if not isinstance(err, (MisconfigurationException, ValueError)) or not in_lightning:

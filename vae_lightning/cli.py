@@ -13,7 +13,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from vae_lightning import checks
 from vae_lightning.callbacks import CPUSpeed, OutputFolders
-from vae_lightning.checkpointing import check_checkpoint_file, check_continuation, differences
+from vae_lightning.checks import check_checkpoint_file, check_continuation, differences
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.distributed import distributed_failure, release_process_group
 from vae_lightning.errors import ConfigError, RunStopped, attributed, run_command
@@ -44,6 +44,10 @@ PIECES: dict[str, dict[str, Any]] = {
     "experiments": {"class_path": "vae_lightning.experiments.Experiments"},
     "predictions": {"class_path": PIECE + "LatentWriter"},  # `predict` writes <run>/latents_<split>.pt
 }
+# The commands a piece acts in (default: all; checkpoints too, whose states a checkpoint holds); elsewhere it stays
+# out of the Trainer, which calls every callback on every hook of every step.
+ACTS_IN = dict.fromkeys(("nonfinite", "exact_resume", "init", "kl_warmup"), ("fit",))
+ACTS_IN |= {"test_likelihood": ("test",), "predictions": ("predict",), "experiments": ("fit", "validate")}
 # The seed setting every variant config starts from: the vanilla MLP 784-400-z-400-784, Adam at 1e-3.
 MODEL_DEFAULTS = {
     "model.encoder": {"class_path": "vae_lightning.nets.MLPEncoder", "init_args": {"hidden_dims": [400]}},
@@ -54,7 +58,7 @@ TRAINER_DEFAULTS = {
     "max_epochs": 20,
     "devices": 1,
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
-    "plugins": {"class_path": "vae_lightning.checkpoint_io.AtomicCheckpointIO"},  # off: --trainer.plugins null
+    "plugins": {"class_path": "vae_lightning.runs.AtomicCheckpointIO"},  # off: --trainer.plugins null
 }
 
 
@@ -109,14 +113,16 @@ class VAECLI(LightningCLI):
             raise checks.build_error(err) from err
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer with the run pieces this command uses (`PIECES`), after the config's own callbacks."""
+        """The Trainer with the config's own callbacks and the pieces this command uses (`PIECES`, `ACTS_IN`)."""
         settings = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer = settings.trainer
         own = trainer.get("callbacks") or []
         own = own if isinstance(own, list) else [own]
-        pieces = {key: settings.get(key) for key in PIECES if settings.get(key) is not None}
-        if self.subcommand != "predict":
-            pieces.pop("predictions", None)
+        command = self.subcommand  # None (`run=False`): every piece
+        pieces = {key: settings.get(key) for key in PIECES if command in ACTS_IN.get(key, (command,)) or not command}
+        pieces = {
+            key: piece for key, piece in pieces.items() if piece is not None and not getattr(piece, "idle", False)
+        }
         if not getattr(pieces.get("experiments"), "experiments", None):
             pieces.pop("experiments", None)
         if trainer.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
@@ -133,8 +139,8 @@ class VAECLI(LightningCLI):
         return self.state["trainer"]
 
     def _before_run(self) -> None:
-        """Before every subcommand: `--ckpt_path last|best` found across runs, a checkpoint checked against the model
-        and data it meets, a fit's settings checked, and the folders the run writes to."""
+        """Before every subcommand: `--ckpt_path last|best` found, checked against the model and data, a fit's
+        settings checked, and the folders the run writes to."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") in ("last", "best"):
             config["ckpt_path"] = str(checks.resolve_checkpoint(self.trainer, config["ckpt_path"], self.subcommand))

@@ -1,7 +1,4 @@
-"""Collectives that work the same on one process and under DDP (call them on every rank); the launchers'
-process counts checked against the Trainer's; a lost peer told apart from a bug."""
-
-from __future__ import annotations
+"""DDP: collectives the same on one process (call them on every rank), launchers' counts checked, lost peers named."""
 
 import os
 import traceback
@@ -19,11 +16,7 @@ TORCH_DISTRIBUTED = os.path.dirname(torch.distributed.__file__)  # where torch's
 
 def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
     """Every rank's `rows` (N_r, ...; N_r may differ) concatenated in rank order; on one process, `rows` unchanged."""
-    try:
-        world_size = module.trainer.world_size
-    except RuntimeError:  # not attached to a Trainer
-        return rows
-    return rows if world_size == 1 else torch.cat(gather_all_tensors(rows.to(module.device)))
+    return rows if module.trainer.world_size == 1 else torch.cat(gather_all_tensors(rows.to(module.device)))
 
 
 def release_process_group() -> None:
@@ -33,10 +26,9 @@ def release_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def check_launch(num_nodes: int, devices: object, environ: dict[str, str] | None = None) -> None:
-    """Refuse a `trainer.num_nodes` or `trainer.devices` (a count or a list) that does not match the processes
-    torchrun or Slurm started, as their environment says (else the ranks wait on each other, or Lightning stops)."""
-    env = os.environ if environ is None else environ
+def check_launch(num_nodes: int, devices: object) -> None:
+    """Refuse `trainer.num_nodes` or `trainer.devices` other than torchrun's or Slurm's counts (else the ranks hang)."""
+    env = os.environ
     if {"TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"} <= set(env):
         launcher, flags, per_node = "torchrun", "--nnodes and --nproc-per-node", int(env["LOCAL_WORLD_SIZE"])
         nodes = int(env["WORLD_SIZE"]) // max(per_node, 1)
@@ -56,8 +48,7 @@ def check_launch(num_nodes: int, devices: object, environ: dict[str, str] | None
 
 
 def distributed_failure(err: BaseException) -> Exception | None:
-    """A failure in torch.distributed, by where it arose: joining the process group, a rendezvous nobody answered
-    (ConfigError); a collective later (`DistError`, gloo's RuntimeError), a peer gone (RunStopped); else None."""
+    """A torch.distributed failure by where it arose: the rendezvous (ConfigError), a peer gone later (RunStopped)."""
     link, seen = err, []
     while link is not None and link not in seen:  # `err`, then what it was raised from or during
         seen.append(link)

@@ -1,8 +1,5 @@
-"""The one error policy of every command: what a user must fix is one line and exit 2, a run that stopped one line
-and exit 1, Ctrl-C exit 130, anything else is a bug and keeps its traceback. Other libraries' errors are attributed
-by where they arose (`attributed(field)` around each configured piece), never by their wording."""
-
-from __future__ import annotations
+"""The one error policy of every command: a user's error is one line and exit 2, a stopped run one line and exit 1,
+Ctrl-C exit 130, anything else a bug with its traceback. Others' errors are named by where they arose, not wording."""
 
 import os
 import sys
@@ -24,8 +21,7 @@ class RunStopped(RuntimeError):
 
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message, else its type's name."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0].rstrip(".") if lines else type(err).__name__
+    return next((line.strip().rstrip(".") for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 @contextmanager
@@ -47,9 +43,8 @@ def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], s
         if os.environ.get(DEBUG):
             raise
         status, kind = (2, "error") if isinstance(err, ConfigError) else (1, "stopped")
-        cause = err.__cause__
-        hint = f" ({DEBUG}=1 shows the traceback)" if cause and not isinstance(cause, (ConfigError, RunStopped)) else ""
-        print(f"{prog}: {kind}: {err}{hint}", file=sys.stderr)
+        explained = err.__cause__ is None or isinstance(err.__cause__, (ConfigError, RunStopped))
+        print(f"{prog}: {kind}: {err}{'' if explained else f' ({DEBUG}=1 shows the traceback)'}", file=sys.stderr)
         raise SystemExit(status) from err
     except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not isinstance(err.__context__, KeyboardInterrupt):

@@ -9,7 +9,7 @@ from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from vae_lightning import objectives
 from vae_lightning.data.loaders import seeded_normal
@@ -22,10 +22,35 @@ EVAL_SEED = 0  # validation and test draw one z per image, a fixed function of t
 
 
 def logged_step(trainer: Trainer) -> bool:
-    """Whether per-step values are logged this step: on the steps the logger records and at each epoch's end (so
-    monitors see them). Each `self.log` costs Lightning's bookkeeping on the hot path, a third of a small model's
-    CPU step, so the other steps skip it."""
+    """Whether per-step values are logged this step: on the logger's steps and each epoch's last (monitors see it);
+    each `self.log` costs Lightning's bookkeeping on the hot path, so the other steps skip it."""
     return trainer.is_last_batch or (trainer.global_step + 1) % trainer.log_every_n_steps == 0
+
+
+class TermMeans(Metric):
+    """Exact means over images of the four terms, summed in float64 and reduced across processes. With
+    `skip_nonfinite`, a batch with a non-finite term is left out (its update was skipped, `NonFiniteGuard`)."""
+
+    full_state_update = False
+
+    def __init__(self, skip_nonfinite: bool = False) -> None:
+        super().__init__()
+        self.skip_nonfinite = skip_nonfinite
+        self.add_state("sums", torch.zeros(len(TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, terms: objectives.Terms) -> None:
+        sums = torch.stack(terms).detach().sum(1, dtype=torch.float64)  # (4,)
+        if self.skip_nonfinite:  # without a sync: a batch's share is multiplied in as 0 or 1
+            finite = sums.isfinite().all()
+            sums, images = torch.where(finite, sums, 0.0), finite * len(terms[0])
+        else:
+            images = len(terms[0])
+        self.sums += sums
+        self.images += images
+
+    def compute(self) -> Tensor:
+        return self.sums / self.images  # (4,) in TERMS order
 
 
 class VAELitModule(LightningModule):
@@ -75,15 +100,10 @@ class VAELitModule(LightningModule):
         for key in ("encoder", "decoder", "optimizer", "lr_scheduler"):
             if not isinstance(self.hparams.get(key), (dict, type(None))):
                 del self.hparams[key]
-        # Exact epoch means over images, reduced across processes; a skipped non-finite training batch is left out.
-        nan = {"train": "ignore", "val": "disable", "test": "disable"}
-        self.means = nn.ModuleDict(
-            {f"{s}_{t}": MeanMetric(nan_strategy=nan[s]).set_dtype(torch.float64) for s in nan for t in TERMS}
-        )
+        self.train_means, self.val_means, self.test_means = TermMeans(skip_nonfinite=True), TermMeans(), TermMeans()
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters (mu, logvar), each (B, latent_dim), of images (B, 1, 28, 28)."""
-        return self.encoder(x)
+        return self.encoder(x)  # (mu, logvar), each (B, latent_dim), of images (B, 1, 28, 28)
 
     def decode(self, z: Tensor) -> Tensor:
         """Pixel probabilities (B, 1, 28, 28) of latents (B, latent_dim)."""
@@ -112,13 +132,13 @@ class VAELitModule(LightningModule):
             if logged_step(self.trainer):
                 self.log_dict({f"train/{name}": value.mean() for name, value in zip(TERMS, terms)})
                 self.log("loss", terms.loss.mean(), prog_bar=True, logger=False)
-            self._update_means("train", terms)
+            self.train_means.update(terms)
         return terms.loss.mean()
 
     def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
         x, _, index = batch
         eps = seeded_normal(EVAL_SEED, index, 1, self.latent_dim, 0)  # (1, B, L)
-        self._update_means(stage, self.terms(x, eps, objective="elbo"))
+        getattr(self, f"{stage}_means").update(self.terms(x, eps, objective="elbo"))
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -131,19 +151,15 @@ class VAELitModule(LightningModule):
         return {"mu": mu, "logvar": logvar, "label": batch[1], "index": batch[2]}
 
     def on_fit_start(self) -> None:  # a validate or test before leaves states training cannot add to (inference)
-        for metric in self.means.values():
+        for metric in (self.train_means, self.val_means, self.test_means):
             metric.reset()
-
-    def _update_means(self, stage: str, terms: objectives.Terms) -> None:
-        for name, values in zip(TERMS, terms):
-            self.means[f"{stage}_{name}"].update(values.detach())
 
     def _log_means(self, stage: str, suffix: str = "") -> None:
         """The epoch's means over every image, on every process, logged once."""
-        for name in TERMS:
-            metric = self.means[f"{stage}_{name}"]
-            self.log(f"{stage}/{name}{suffix}", metric.compute().float(), sync_dist=True)  # equal on every rank
-            metric.reset()
+        metric = getattr(self, f"{stage}_means")
+        means = metric.compute().float()  # equal on every rank
+        self.log_dict({f"{stage}/{name}{suffix}": mean for name, mean in zip(TERMS, means)}, sync_dist=True)
+        metric.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_means("train", suffix="_epoch")

@@ -1,11 +1,5 @@
-"""Latents in the loggers' embedding projectors: TensorBoard's Projector tab and W&B's 2-D projection panel.
-
-Both take the points in all latent dimensions and project them themselves (PCA, t-SNE, UMAP), showing each point's
-digit and image, so a user can look for the images behind a cluster or a gap. `vae-lightning predict` sends its
-split's latents; `LatentScatter(projector=true)` the ones it plots, at its epochs.
-"""
-
-from __future__ import annotations
+"""Latents in TensorBoard's Projector and W&B's 2-D projection panel: both project them (PCA, t-SNE, UMAP) and show
+each point's digit and image, so a user can look for the images behind a cluster or a gap."""
 
 import logging
 from typing import NamedTuple
@@ -27,33 +21,25 @@ class Embedding(NamedTuple):
 
 
 def has_projector(logger: Logger) -> bool:
-    """Whether `to_projectors` sends anything to this logger."""
     return isinstance(logger, (TensorBoardLogger, WandbLogger))
 
 
 def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> None:
-    """Send `embedding` to every TensorBoard and W&B logger in `loggers`; call on rank 0.
-
-    TensorBoard: `add_embedding` writes the points, a metadata table (digit, index) and a sprite of the images, with
-    the `projector_config.pbtxt` its Projector tab reads. W&B: a `wandb.Table` under `tag` with columns index, digit,
-    image and z0..z{L-1}; its 2-D projection panel projects the z columns and shows each point's image.
-    """
+    """Send `embedding` under `tag` to every TensorBoard logger (points, metadata digit and index, a sprite of the
+    images) and W&B logger (a table: index, digit, image, z0..z{L-1}) in `loggers`; call on rank 0."""
     mu, labels, index = embedding.mu.detach().float().cpu(), embedding.labels.tolist(), embedding.index.tolist()
     images = embedding.images.detach().float().cpu().clamp(0.0, 1.0)
-    reached = []
     for logger in filter(has_projector, loggers):
         if isinstance(logger, TensorBoardLogger):
             metadata = [[str(d), str(i)] for d, i in zip(labels, index)]
             logger.experiment.add_embedding(mu, metadata, images, step, tag, metadata_header=["digit", "index"])
             logger.experiment.flush()
-            reached.append("TensorBoard")
+            log.info("Sent %d latents (%s) to TensorBoard's projector", len(mu), tag)
         else:
-            import wandb  # a declared dependency; imported here as only W&B runs need it
+            import wandb  # only W&B runs need it
 
             pixels = images.mul(255).round().to(torch.uint8).squeeze(1).numpy()  # (N, 28, 28)
             columns = ["index", "digit", "image", *(f"z{d}" for d in range(mu.shape[1]))]
             rows = [[i, d, wandb.Image(p), *z] for i, d, p, z in zip(index, labels, pixels, mu.tolist())]
             logger.log_table(key=tag, columns=columns, data=rows, step=step)
-            reached.append("W&B")
-    if reached:
-        log.info("Sent %d latents (%s) to the projector of %s", len(mu), tag, " and ".join(reached))
+            log.info("Sent %d latents (%s) to a W&B table", len(mu), tag)

@@ -1,19 +1,29 @@
-"""Where a run's files go (one folder per run, whatever the logger), and the checks that a run may write
-there: before any work starts, every output folder must be writable and hold nothing of another run."""
+"""A run's files: one folder per run whatever the logger, every output folder checked before any work (writable,
+nothing of another run's), and writes a reader or a crash never sees half-done (beside the target, then renamed)."""
 
-from __future__ import annotations
-
+import hashlib
+import io
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae_lightning.errors import ConfigError, attributed
+from vae_lightning.errors import ConfigError, RunStopped
+
+log = logging.getLogger(__name__)
+# `.<name>.tmp-<pid>` (atomic_path) and `.fetch-<pid>-<random>` (the MNIST fetcher's scratch folder)
+TEMPORARY = re.compile(r"^\.(?:.+\.tmp|fetch)-(\d+)(?:-.*)?$")
 
 
 def logger_root(trainer: Trainer) -> Path:
@@ -33,27 +43,20 @@ def planned_run_dir(trainer: Trainer) -> Path | None:
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """The run's own folder, holding its checkpoints: `<save_dir>/<name>/<version>` of the first logger (CSV's
-    `logs/vanilla/version_3`, W&B's `<save_dir>/<project>/<run id>`), else default_root_dir. Call on every rank."""
+    """The run's own folder, `<save_dir>/<name>/<version>` of the first logger, else default_root_dir (every rank)."""
     return Path(trainer.strategy.broadcast(str(planned_run_dir(trainer))))
 
 
 def highest_missing(path: str | os.PathLike) -> Path | None:
     """The outermost folder of `path` that does not exist yet (what creating `path` creates), or None."""
     path = Path(os.path.abspath(path))
-    if path.exists():
-        return None
-    while not path.parent.exists() and path.parent != path:
-        path = path.parent
-    return path
+    missing = [p for p in (path, *path.parents) if not os.path.exists(p)]  # also what the system refuses (too long)
+    return missing[-1] if missing else None
 
 
 def check_writable(path: str | os.PathLike, field: str) -> Path:
-    """Refuse a folder that cannot be created or written, creating nothing (a file is tried in the folder, else in
-    its nearest existing ancestor)."""
-    path = Path(path)
-    with attributed(field, "shorten or fix the path"):  # e.g. a part over the filesystem's 255 bytes
-        missing = highest_missing(path)
+    """Refuse a folder that cannot be created or written, creating nothing (tried in its nearest existing folder)."""
+    path, missing = Path(path), highest_missing(path)
     existing = missing.parent if missing else Path(os.path.abspath(path))
     limit = os.pathconf(existing, "PC_NAME_MAX") if existing.is_dir() else 255
     too_long = [part for part in path.parts if len(os.fsencode(part)) > limit]
@@ -76,8 +79,7 @@ def check_writable(path: str | os.PathLike, field: str) -> Path:
 
 
 def refuse_earlier_outputs(outputs: Iterable[tuple[str, Path, str]], overwrite: bool) -> None:
-    """Refuse folders (`outputs`: field, folder, glob of what this command writes there) that cannot be written or
-    hold a matching file, another run's (unless `overwrite`: the user's `--overwrite true`)."""
+    """Refuse `outputs` (field, folder, glob) unwritable, or holding another run's matching files unless `overwrite`."""
     found = []
     for field, folder, pattern in outputs:
         check_writable(folder, field)
@@ -98,9 +100,79 @@ def remove_if_unused(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def provenance(path: str | os.PathLike | None) -> dict[str, str | None]:
+    """What an output was made from: the checkpoint's absolute path and SHA-256 (both None without one)."""
+    if not path or not Path(path).is_file():
+        return {"checkpoint": None, "checkpoint_sha256": None}
+    with open(path, "rb") as file:
+        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+    return {"checkpoint": str(Path(path).resolve()), "checkpoint_sha256": sha256}
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A path beside `path` to write to, renamed onto it if the block succeeds: `path` is old or whole, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomically(obj: object, path: Path) -> None:
+    """`torch.save` through `atomic_path`, synced to disk before the rename. Serialised in memory first: torch's
+    zip writer turns a failed file write (e.g. a full disk) into a RuntimeError without the OS's reason."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(buffer.getbuffer())
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporaries in `folder` whose writing process is gone (a live process's write is left alone)."""
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = TEMPORARY.match(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            log.info("removed %s, left by a write that was killed (process %s)", path, match.group(1))
+        except OSError as err:  # e.g. a read-only folder: left, and said
+            log.warning("could not remove the stale temporary %s (%s)", path, err)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint through `save_atomically`: a full disk stops the run naming the file, the previous
+    checkpoint intact. The CLI's default `trainer.plugins`; off: `--trainer.plugins null`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        try:
+            save_atomically(checkpoint, path)
+        except OSError as err:
+            kept = f"the previous {path.name} is intact" if path.exists() else "no earlier file was there"
+            raise RunStopped(
+                f"could not write checkpoint {path}: {err.strerror or err} ({kept}). "
+                f"Free disk space or make {path.parent} writable, then resume with --ckpt_path last."
+            ) from err
+
+
 class ConfigToLoggers(SaveConfigCallback):
-    """config.yaml in the log dir (as LightningCLI) and in the run's own folder if another (W&B shares its log dir),
-    and the resolved config logged to every logger (a W&B run's `config`)."""
+    """config.yaml in the log dir and the run's folder (W&B shares its log dir); the resolved config to every logger."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # every rank: both read broadcasts (save_config below runs on rank 0 alone, so it must not)

@@ -10,11 +10,10 @@ from vae_lightning.errors import ConfigError
 
 
 class Initialisation(Callback):
-    """Sets the starting point of a fit from scratch (not of a resumed one, whose checkpoint holds it); the
-    defaults keep torch's own. `weights: glorot`: every linear and convolution weight Glorot-uniform, every bias
-    zero (Burda et al.'s code). `output_bias: data_mean`: the decoder's last bias (the one added to its logits)
-    is logit(clip(mean, clip, 1 - clip)) of the training images' mean, per pixel or per channel as it is shaped,
-    so the first decodings are the average image.
+    """The starting point of a fit from scratch (a resumed one's is in its checkpoint); the defaults keep torch's.
+    `weights: glorot`: linear and convolution weights Glorot-uniform, biases zero (Burda et al.'s code).
+    `output_bias: data_mean`: the decoder's last bias at logit(clip(mean, clip, 1 - clip)) of the training images'
+    mean, per pixel or per channel as it is shaped, so the first decodings are the average image.
 
     Args:
         weights: `torch` (each layer's default) or `glorot`.
@@ -31,6 +30,7 @@ class Initialisation(Callback):
         if not 0.0 < clip < 0.5:
             raise ConfigError(f"init.clip={clip} must lie in (0, 0.5): the mean is clipped to [clip, 1 - clip].")
         self.weights, self.output_bias, self.clip = weights, output_bias, clip
+        self.idle = weights == output_bias == "torch"  # the CLI leaves an idle piece out of the Trainer
 
     @torch.no_grad()
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

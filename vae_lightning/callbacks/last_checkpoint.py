@@ -9,9 +9,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`<run dir>/checkpoints/last.ckpt`, rewritten at the end of every training epoch (after its validation), every
-    `every_n_train_steps` steps if set, and when Ctrl-C or an error stops training. A class of its own, so that its
-    saved state never clashes with another ModelCheckpoint that monitors nothing.
+    """`<run dir>/checkpoints/last.ckpt`, rewritten after every epoch, every `every_n_train_steps` steps if set, and
+    when Ctrl-C or an error stops training (a class of its own: its state never clashes with another's).
 
     Args:
         dirpath: folder for last.ckpt; default the run's `checkpoints` folder.

@@ -7,11 +7,9 @@ import torch
 from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from vae_lightning.atomic import save_atomically
-from vae_lightning.checkpointing import provenance
 from vae_lightning.distributed import gather_rows
 from vae_lightning.projector import Embedding, has_projector, to_projectors
-from vae_lightning.runs import run_dir
+from vae_lightning.runs import provenance, run_dir, save_atomically
 
 log = logging.getLogger(__name__)
 KEYS = ("mu", "logvar", "label", "index")

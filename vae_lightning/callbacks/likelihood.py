@@ -14,14 +14,12 @@ from vae_lightning.errors import attributed
 
 class TestLikelihood(Callback):
     """Logs `test/nll` (nats per image, mean over the test set) from `samples` importance samples per image of
-    q(z|x), and `test/nll_mc_se`, its Monte-Carlo standard error (from `objectives.monte_carlo_variance`). Each
-    image's samples are a function of `seed` and its index in the split, so the value does not depend on the batch
-    size, the process count or the CPU threads; on a CPU the images are split between cores (`map_one_core_each`).
+    q(z|x), and `test/nll_mc_se`, its Monte-Carlo standard error. Each image's samples are a function of `seed` and
+    its index, so the value does not depend on batch size, process count or threads.
 
     Args:
         samples: importance samples per test image (k); 0: no `test/nll`.
-        chunk_size: at most this many (sample, image) pairs are decoded at once, which bounds the memory whatever
-            k is; the conv decoder holds ~90 KB per pair: use ~128.
+        chunk_size: at most this many (sample, image) pairs decoded at once, which bounds memory for any k.
         seed: seeds the samples.
     """
 

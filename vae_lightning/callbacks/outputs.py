@@ -6,16 +6,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vae_lightning import runs
-from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.callbacks.last_checkpoint import LastCheckpoint
 from vae_lightning.errors import attributed
+from vae_lightning.runs import remove_stale_temporaries
 
 
 class OutputFolders(Callback):
-    """Refuses, before any work, output folders that cannot be written or hold another run's files (the logger's
-    run folder, the checkpoint folders, the experiments' figures, `predict`'s file); a resumed fit may write beside
-    the checkpoint it continues. Folders the run creates are removed again if it fails before writing into them.
-    The CLI calls `check` before the Trainer creates the logger's folder; otherwise `setup` does.
+    """Refuses, before any work, output folders that cannot be written or hold another run's files (run folder,
+    checkpoints, figures, `predict`'s file); a resumed fit may write beside its checkpoint. Folders the run created
+    are removed if it fails before writing into them. The CLI calls `check` before the logger's folder exists.
 
     Args:
         overwrite: let this run replace what an earlier run left where it writes (the CLI's `--overwrite`).

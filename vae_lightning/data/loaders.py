@@ -1,10 +1,8 @@
-"""Batches gathered by index from in-memory uint8 tensors (no per-sample Python, no PIL), and the seeds of every
-random stream: `ShardedBatchSampler` picks each batch's images on this rank, `TensorBatchLoader` gathers them."""
-
-from __future__ import annotations
+"""Batches gathered by index from in-memory uint8 tensors (no per-sample Python, no PIL); every random stream's seed."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import Tensor
@@ -21,8 +19,7 @@ def mix_seed(*parts: int) -> int:
 
 
 def seeded_normal(seed: int, index: Tensor, num_samples: int, size: int, *stream: int) -> Tensor:
-    """Standard-normal noise (num_samples, B, size), each image's a fixed function of (seed, stream...,
-    its dataset index), so evaluation does not depend on the batch size, the process count or the epoch."""
+    """Standard-normal noise (num_samples, B, size), each image's from (seed, stream..., its index): batch-invariant."""
     noise = torch.empty(len(index), num_samples, size, device=index.device)
     generator = torch.Generator(index.device)
     for row, item in enumerate(index.tolist()):
@@ -33,19 +30,15 @@ def seeded_normal(seed: int, index: Tensor, num_samples: int, size: int, *stream
 
 @dataclass(eq=False)
 class ShardedBatchSampler:
-    """Index batches for one rank of `world_size`: each epoch's order (a permutation seeded by `seed` and the epoch
-    when `shuffle`, else 0..N-1) is cut into global batches of `batch_size`, and global batch `b` is split across
-    ranks as `b[rank::world_size]`, so every rank sees as many batches, and together they cover the items once. A
-    last global batch smaller than `world_size` is dropped when `drop_small_last` (training: every rank must step).
-    """
+    """This rank's index batches: global batches of each epoch's order (0..N-1, shuffled by seed and epoch in training)
+    split as `b[rank::world_size]`; in training a last global batch smaller than `world_size` is dropped."""
 
     num_items: int
     batch_size: int
-    shuffle: bool
+    train: bool
     seed: int = 0
     rank: int = 0
     world_size: int = 1
-    drop_small_last: bool = False
     device: torch.device | str = "cpu"  # where the batches of indices are made
     epoch: int = 0
 
@@ -54,11 +47,11 @@ class ShardedBatchSampler:
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_items, self.batch_size)
-        return full + int(rest > 0 and not (self.drop_small_last and rest < self.world_size))
+        return full + int(rest > 0 and not (self.train and rest < self.world_size))
 
     def __iter__(self) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_items, generator=generator) if self.shuffle else torch.arange(self.num_items)
+        order = torch.randperm(self.num_items, generator=generator) if self.train else torch.arange(self.num_items)
         order = order.to(self.device, non_blocking=True)  # one copy per epoch, then views
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             if len(shard := order[start : start + self.batch_size][self.rank :: self.world_size]):
@@ -67,20 +60,17 @@ class ShardedBatchSampler:
 
 @dataclass(eq=False, repr=False)
 class TensorBatchLoader:
-    """Iterates `(pixels, labels)` in `sampler`'s batches: pixels float32 `(B, 1, 28, 28)` in [0, 1], redrawn as
-    Bernoulli(p) every time an image is served with `dynamic_binarization` (each batch seeded by seed, epoch, rank
-    and position, so any batch can be reproduced on its own); `with_index` adds the items' indices `(B,)`.
-    Resumable: Lightning keeps `state_dict()` (epoch, batches served) in checkpoints; `load_state_dict()` resumes."""
+    """`(pixels, labels)` in `sampler`'s batches: pixels float32 (B, 1, 28, 28) in [0, 1], redrawn as Bernoulli(p) by
+    `dynamic_binarization` (seeded by sampler seed, epoch, rank, position); `with_index` adds the indices (B,)."""
 
     images: Tensor  # uint8 (N, 28, 28)
     labels: Tensor  # int64 (N,)
     sampler: ShardedBatchSampler
     dynamic_binarization: bool = False
-    seed: int = 0
     with_index: bool = False
 
     def __post_init__(self) -> None:
-        self.batch_sampler = self.sampler  # DataLoader-like: Lightning calls `set_epoch` through these
+        self.batch_sampler = self.sampler  # DataLoader-like: Lightning reads these and calls their `set_epoch`
         self.served, self.resume = 0, None  # batches served this epoch; (epoch, batches) to skip when it starts
 
     def __len__(self) -> int:
@@ -98,12 +88,10 @@ class TensorBatchLoader:
         self.resume, self.served = None, skip
         scale = torch.tensor(255.0, dtype=torch.float32, device=self.images.device)  # bytes / 255: float32, one op
         generator = torch.Generator(self.images.device) if self.dynamic_binarization else None
-        for number, index in enumerate(self.sampler):
-            if number < skip:
-                continue
+        for number, index in islice(enumerate(self.sampler), skip, None):
             pixels = self.images.index_select(0, index).unsqueeze(1).div(scale)  # float32 (B, 1, 28, 28)
             if generator is not None:
-                generator.manual_seed(mix_seed(self.seed, epoch, self.sampler.rank, number, 0xB1))
+                generator.manual_seed(mix_seed(self.sampler.seed, epoch, self.sampler.rank, number, 0xB1))
                 pixels = torch.bernoulli(pixels, generator=generator)
             labels = self.labels.index_select(0, index)  # index_select: faster than [index] on a CPU
             self.served = number + 1

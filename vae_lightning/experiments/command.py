@@ -1,32 +1,27 @@
 """`vae-lightning-experiments`: render and measure every experiment that fits a checkpoint, without training.
 
-    vae-lightning-experiments --ckpt_path logs/two_latent/version_0/checkpoints/last.ckpt --output_dir out/two_latent
-
 Writes `<output_dir>/<experiment>.png` and `<output_dir>/measures.json`: every number, its definition, the
 checkpoint (path and SHA-256), the model, the data mode and the digit classifier's own scores. Each experiment's
-settings are `--<experiment>.<setting>`, e.g. `--latent_traversal.dims [0,1]`.
-"""
+settings are `--<experiment>.<setting>`, e.g. `--latent_traversal.dims [0,1]`."""
 
 import inspect
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
 
-from vae_lightning.atomic import atomic_path
-from vae_lightning.checkpointing import check_checkpoint_file, provenance
+from vae_lightning.checks import check_checkpoint_file
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError, attributed, run_command
 from vae_lightning.experiments.base import Experiment, ExperimentData
 from vae_lightning.experiments.classifier import CLEAR_THRESHOLD, digit_classifier
-from vae_lightning.experiments.classifier import check_cache as check_classifier_cache
 from vae_lightning.experiments.figures import write_png
 from vae_lightning.experiments.registry import EXPERIMENTS
+from vae_lightning.experiments.schedule import fitting
 from vae_lightning.module import VAELitModule
-from vae_lightning.runs import refuse_earlier_outputs
+from vae_lightning.runs import atomic_path, provenance, refuse_earlier_outputs
 
 log = logging.getLogger(__name__)
 
@@ -71,56 +66,40 @@ def run_experiments(
         settings: configured experiments by name (default: each with its defaults).
     """
     names = experiments or list(EXPERIMENTS)
-    unknown = sorted(set(names) - set(EXPERIMENTS))
-    if unknown:
+    if unknown := sorted(set(names) - set(EXPERIMENTS)):
         raise ConfigError(f"--experiments {unknown} unknown: choose from {list(EXPERIMENTS)}.")
     out = Path(output_dir)
     outputs = [("--output_dir", out, name) for name in ("measures.json", *(f"{n}.png" for n in names))]
     refuse_earlier_outputs(outputs, overwrite)  # before any work: writable, and nothing of another run replaced
-
     model, checkpoint = load_model(ckpt_path, resolve_device(device))
     data_hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
     data_hparams.update(download=download, **({"data_dir": data_dir} if data_dir is not None else {}))
     with attributed("the checkpoint's data settings (datamodule_hyper_parameters)"):
         datamodule = MNISTDataModule(**data_hparams)
-    check_classifier_cache(datamodule.data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
     data = ExperimentData.from_datamodule(datamodule)
-    classifier_report = digit_classifier(data.data_dir)[1]
-
-    results, skipped, definitions = {}, {}, {}
-    for name in names:
-        experiment = (settings or {}).get(name) or EXPERIMENTS[name]()
-        if (reason := experiment.skip_reason(model)) is not None:
-            skipped[name] = reason
-            log.info("%s skipped: %s; its numbers are not reported.", name, reason)
-            continue
-        start = time.perf_counter()
+    due, skipped = fitting([(settings or {}).get(name) or EXPERIMENTS[name]() for name in names], model, say=True)
+    results = {}
+    for experiment in due:
         outcome = experiment.run(model, data)
-        write_png(outcome.figure, out / f"{name}.png")
-        results[name] = outcome.measures
-        definitions[name] = inspect.cleandoc(type(experiment).__doc__ or "").split("\n\nArgs:")[0]
-        measured = ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items())
-        log.info("%s: %s (%.1f s)", name, measured, time.perf_counter() - start)
-
-    hparams = model.hparams
+        write_png(outcome.figure, out / f"{experiment.name}.png")
+        results[experiment.name] = outcome.measures
+        log.info("%s: %s", experiment.name, ", ".join(f"{k} {v:.4g}" for k, v in outcome.measures.items()))
     record = {
         **provenance(ckpt_path),
         "model": {
             "latent_dim": model.latent_dim,
             "encoder": type(model.encoder).__name__,
             "decoder": type(model.decoder).__name__,
-            "recon_weight": hparams.get("recon_weight"),
-            "kl_weight": hparams.get("kl_weight"),
-            "epoch": checkpoint.get("epoch"),
-            "global_step": checkpoint.get("global_step"),
+            **{key: model.hparams.get(key) for key in ("recon_weight", "kl_weight")},
+            **{key: checkpoint.get(key) for key in ("epoch", "global_step")},
         },
         "data": {"binarize": datamodule.binarize, "test_images": len(data.images)},
-        "classifier": {**classifier_report, "clear_threshold": CLEAR_THRESHOLD},
+        "classifier": {**digit_classifier(data.data_dir)[1], "clear_threshold": CLEAR_THRESHOLD},
         "experiments": results,
         "skipped": skipped,
-        "definitions": definitions,
+        "definitions": {e.name: inspect.cleandoc(type(e).__doc__ or "").split("\n\nArgs:")[0] for e in due},
     }
     with atomic_path(out / "measures.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -137,7 +116,7 @@ def parser() -> ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> dict:
-    """The entry point of `vae-lightning-experiments`, under the package's error policy (`errors.run_command`)."""
+    """The entry point of `vae-lightning-experiments`, under the package's error policy."""
     p = parser()
     config = p.parse_args(args)
 

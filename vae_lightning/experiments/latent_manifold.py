@@ -1,4 +1,4 @@
-"""Latent manifold (seed experiment 4): decodings of a grid over two latent dimensions."""
+"""Latent manifold (seed experiment 4): decodings of a lattice over two latent dimensions."""
 
 from dataclasses import dataclass
 
@@ -6,17 +6,15 @@ import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.experiments import compute, figures, measures
+from vae_lightning.experiments import compute, figures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 
 @dataclass
 class LatentManifold(Experiment):
-    """Experiment 4: a `grid` x `grid` lattice of z at standard-normal quantiles from `low` to `high` in two
-    latent dimensions (the others 0), decoded.
-
-    Measures: `digits_present` (distinct digits judged clear somewhere on the grid), `class_changes` (adjacent
-    cells judged different), `unclear` (fraction judged no clear digit).
+    """Experiment 4: a `grid` x `grid` lattice of z at standard-normal quantiles from `low` to `high` in two latent
+    dimensions (the others 0), decoded. Measures: `digits_present` (distinct digits judged clear somewhere on the
+    grid), `class_changes` (adjacent cells judged different), `unclear` (fraction judged no clear digit).
 
     Args:
         grid: cells per side.
@@ -36,9 +34,9 @@ class LatentManifold(Experiment):
             raise ConfigError(f"latent_manifold.low ({self.low}) must be below high ({self.high}): swap them.")
 
     def skip_reason(self, model) -> str | None:
-        dims = tuple(self.dims)
-        if model.latent_dim < 2 or max(dims) >= model.latent_dim or dims[0] == dims[1]:
-            return f"dims {dims} are not two distinct dimensions of a {model.latent_dim}-latent model"
+        (x, y), latents = self.dims, model.latent_dim
+        if latents < 2 or max(x, y) >= latents or x == y:
+            return f"dims {(x, y)} are not two distinct dimensions of a {latents}-latent model"
         return None
 
     def run(self, model, data: ExperimentData) -> Outcome:
@@ -47,13 +45,17 @@ class LatentManifold(Experiment):
         z = torch.zeros(grid, grid, model.latent_dim)
         z[:, :, x] = values.view(1, grid)  # left to right
         z[:, :, y] = values.flip(0).view(grid, 1)  # row 0, the top, at the largest value (as in the seed notebook)
-        images = compute.decode_latents(model, z.flatten(0, 1)).view(grid, grid, 1, 28, 28)
+        images = compute.decode_latents(model, z.flatten(0, 1))  # (G * G, 1, 28, 28)
         rest = "" if model.latent_dim == 2 else f", other {model.latent_dim - 2} latents 0"
-        figure = figures.manifold(images, values, self.dims, f"decodings on a standard-normal grid{rest}")
-        judged = data.judge(images.flatten(0, 1))
+        labels = [f"{v + 0.0:.1f}" for v in values.tolist()]
+        figure = figures.image_rows(
+            images.view(grid, grid, 1, 28, 28), f"decodings on a standard-normal grid{rest}", labels[::-1], labels
+        )
+        figure.axes[0].set(xlabel=f"z[{x}]", ylabel=f"z[{y}]")
+        judged = data.judge(images)
         measured = {
             "digits_present": float(judged.digit[judged.clear].unique().numel()),
-            "class_changes": float(measures.grid_class_changes(judged.digit.view(grid, grid))),
-            "unclear": measures.unclear_fraction(judged.clear),
+            "class_changes": float(compute.grid_class_changes(judged.digit.view(grid, grid))),
+            "unclear": compute.unclear_fraction(judged.clear),
         }
         return Outcome(figure, measured)

@@ -1,4 +1,4 @@
-"""Latent traversal (seed experiment 2): one latent dimension swept, the others at an image's mu."""
+"""Latent traversal (seed experiment 2): what one latent dimension alone changes in a decoding."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -6,19 +6,17 @@ from dataclasses import dataclass
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from vae_lightning.experiments import compute, figures, measures
+from vae_lightning.experiments import compute, figures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 
 @dataclass
 class LatentTraversal(Experiment):
     """Experiment 2: one latent dimension set to each of `steps` values from `low` to `high`, the others at the
-    image's mu; one row per dimension.
-
-    Measures: `same_class` (fraction of decodings judged the digit of the image's reconstruction), `class_changes`
-    (changes along a row, averaged over rows), `pixel_distance` (mean |decoding - reconstruction|),
-    `reference_distance` (mean |reconstruction of another test image - reconstruction|, over the first 100 test
-    images: the yardstick for "close").
+    image's mu; a row per dimension. Measures: `same_class` (fraction of decodings judged the digit of the image's
+    reconstruction), `class_changes` (along a row, averaged over rows), `pixel_distance` (mean |decoding -
+    reconstruction|), `reference_distance` (mean |reconstruction of another test image - reconstruction| over the
+    first 100 test images: the yardstick for "close").
 
     Args:
         image_index: which test image.
@@ -49,18 +47,15 @@ class LatentTraversal(Experiment):
             z[row, :, dim] = values
         rows = compute.decode_latents(model, z.flatten(0, 1)).view(len(dims), len(values), 1, 28, 28)
         reconstruction = compute.decode_latents(model, mu)  # (1, 1, 28, 28)
-        figure = figures.image_rows(
-            rows,
-            f"one latent swept, the rest at mu (test image {self.image_index})",
-            row_labels=[f"z[{d}]" for d in dims],
-            col_labels=[f"{v + 0.0:.1f}" for v in values.tolist()],
-        )
+        title = f"one latent swept, the rest at mu (test image {self.image_index})"
+        labels = [f"z[{d}]" for d in dims], [f"{v + 0.0:.1f}" for v in values.tolist()]
+        figure = figures.image_rows(rows, title, *labels)
         judged = data.judge(rows.flatten(0, 1))
         original = data.judge(reconstruction).digit[0]
+        changes = [compute.class_changes(row)[0] for row in judged.digit.view(len(dims), -1)]
         measured = {
             "same_class": (judged.digit == original).float().mean().item(),
-            "class_changes": sum(measures.class_changes(row)[0] for row in judged.digit.view(len(dims), -1))
-            / len(dims),
+            "class_changes": sum(changes) / len(dims),
             "pixel_distance": (rows - reconstruction).abs().mean().item(),
             "reference_distance": (compute.reconstruct(model, data.images[:100]) - reconstruction).abs().mean().item(),
         }

@@ -1,4 +1,4 @@
-"""Reconstructions: test images beside decode(mu), and how close and how clear those are."""
+"""Reconstructions: test images beside their reconstructions, and how recognisable these are."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,10 +12,9 @@ from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
 @dataclass
 class Reconstructions(Experiment):
-    """Test images (top) beside their reconstructions decode(mu) (bottom), one per digit by default.
-
-    Measures, over the first `measured` test images: `pixel_error` (mean |x - reconstruction|), `clear`
-    (fraction judged a clear digit), `accuracy` (fraction judged the image's own digit).
+    """Test images (top) above their reconstructions decode(mu). Measures, over the first `measured` test images:
+    `pixel_error` (mean |x - reconstruction|), `clear` (fraction judged a clear digit), `accuracy` (fraction judged
+    the image's own digit).
 
     Args:
         indices: test-set indices to show; default the first image of each digit.
@@ -28,11 +27,8 @@ class Reconstructions(Experiment):
 
     def run(self, model, data: ExperimentData) -> Outcome:
         originals = data.pick("reconstructions.indices", self.indices or list(data.first_of_each_digit().values()))
-        figure = figures.image_rows(
-            torch.stack([originals, compute.reconstruct(model, originals)]),
-            "test images (top) and reconstructions decode(mu) (bottom)",
-            row_labels=["x", "decode(mu)"],
-        )
+        shown = torch.stack([originals, compute.reconstruct(model, originals)])  # (2, K, 1, 28, 28)
+        figure = figures.image_rows(shown, "test images and their reconstructions", ["x", "decode(mu)"])
         images, labels = data.images[: self.measured], data.labels[: self.measured]
         reconstructions = compute.reconstruct(model, images)
         judged = data.judge(reconstructions)

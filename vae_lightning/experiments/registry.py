@@ -9,15 +9,5 @@ from vae_lightning.experiments.latent_traversal import LatentTraversal
 from vae_lightning.experiments.prior_samples import PriorSamples
 from vae_lightning.experiments.reconstructions import Reconstructions
 
-EXPERIMENTS: dict[str, type[Experiment]] = {
-    cls.name: cls
-    for cls in (
-        Reconstructions,
-        EpsilonSweep,
-        LatentTraversal,
-        Interpolation,
-        LatentManifold,
-        LatentScatter,
-        PriorSamples,
-    )
-}
+IN_ORDER = (Reconstructions, EpsilonSweep, LatentTraversal, Interpolation, LatentManifold, LatentScatter, PriorSamples)
+EXPERIMENTS: dict[str, type[Experiment]] = {cls.name: cls for cls in IN_ORDER}

@@ -2,6 +2,7 @@
 
 import inspect
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -10,7 +11,6 @@ import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor
 
 from vae_lightning.distributed import gather_rows
 from vae_lightning.errors import ConfigError
@@ -25,18 +25,21 @@ from vae_lightning.runs import run_dir
 log = logging.getLogger(__name__)
 
 
-class Experiments(Callback):
-    """The experiments named in `names`, run together at the end of every `every_n_epochs`-th validation epoch
-    on one copy of the test set (and its posterior, encoded once, each process its share).
+def fitting(experiments: Sequence[Experiment], model, say: bool = False) -> tuple[list[Experiment], dict[str, str]]:
+    """The experiments that fit `model`, and why each other one does not, by name (on the console if `say`)."""
+    skipped = {e.name: reason for e in experiments if (reason := e.skip_reason(model)) is not None}
+    for name, reason in skipped.items() if say else ():
+        log.info("Experiment %s skipped: %s; its numbers are not reported.", name, reason)
+    return [e for e in experiments if e.name not in skipped], skipped
 
-    Each sends its figure to every logger that takes images, writes it as `<run dir>/figures/exp_<name>-epochNNN.png`
-    and logs its numbers as `exp/<name>/<measure>`. One that does not fit the model (e.g. a 2-D grid of a 1-latent
-    model) is skipped, saying why on the console. The digit classifier they share is trained (once, then cached)
-    at the start of training, only when one of them will run in this fit.
+
+class Experiments(Callback):
+    """The experiments named in `names`, run after every `every_n_epochs`-th validation epoch on the test set and its
+    posterior (each process encodes a share); one that does not fit the model is skipped, saying why. Each logs
+    `exp/<name>/<measure>` and sends its figure to the image loggers and `<run dir>/figures/exp_<name>-epochNNN.png`.
 
     Args:
-        names: experiments to run, in order, by name (`vae_lightning.experiments.EXPERIMENTS`; the README lists
-            them); empty: none.
+        names: experiments to run, in order, by name (`EXPERIMENTS`; the README lists them); empty: none.
         every_n_epochs: run after validation epochs n, 2n, ...
         options: settings of single experiments by name, e.g. `{interpolation: {digits: [3, 8]}}`.
     """
@@ -51,39 +54,27 @@ class Experiments(Callback):
         self.every_n_epochs = every_n_epochs
         self.experiments = [configure(name, options.get(name, {}), f"experiments.options.{name}") for name in names]
 
-    def fitting(self, model: LightningModule) -> list[Experiment]:
-        return [e for e in self.experiments if e.skip_reason(model) is None]
-
-    def due_in_this_fit(self, trainer: Trainer) -> bool:
-        """Whether one of the validation epochs this fit still runs ends in the experiments' turn."""
-        if trainer.max_epochs is None or trainer.max_epochs < 0:  # no epoch limit
-            return True
-        val_every = trainer.check_val_every_n_epoch or 1
-        epochs = range(trainer.current_epoch + 1, trainer.max_epochs + 1)
-        return any(epoch % self.every_n_epochs == 0 and epoch % val_every == 0 for epoch in epochs)
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """After a resume has set the epoch: say which experiments are skipped, and train (or load) the digit
-        classifier now rather than in the middle of training, only when an experiment will run in this fit."""
-        if not trainer.is_global_zero:
+        """Say which experiments are skipped; train (or load) the digit classifier now, not mid-training, when an
+        experiment will run in this fit (after a resume has set the epoch)."""
+        if not trainer.is_global_zero or not fitting(self.experiments, pl_module, say=True)[0]:
             return
-        for experiment in self.experiments:
-            reason = experiment.skip_reason(pl_module)
-            if reason is not None:
-                log.info("Experiment %s skipped: %s; its numbers are not reported.", experiment.name, reason)
-        if self.fitting(pl_module) and self.due_in_this_fit(trainer):
+        last, step = trainer.max_epochs, math.lcm(self.every_n_epochs, trainer.check_val_every_n_epoch or 1)
+        if last is None or last < 0 or last // step > trainer.current_epoch // step:  # a due, validated epoch left
             digit_classifier(os.fspath(trainer.datamodule.data_dir))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Every rank gathers what the due experiments need; rank 0 runs them (the module in eval mode, as
-        Lightning keeps it through validation) and publishes."""
-        due = self.fitting(pl_module)
+        """Every rank encodes its share of the test set and gathers the posterior; rank 0 runs the due experiments
+        (the module in eval mode through validation) and publishes."""
+        due = fitting(self.experiments, pl_module)[0]
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not due:
             return
         folder = run_dir(trainer) / "figures"  # every rank: the run dir is broadcast
         data = ExperimentData.from_datamodule(trainer.datamodule)
-        if any(e.uses_posterior for e in due):
-            data.posterior = sharded_posterior(trainer, pl_module, data.images)  # every rank: gathers
+        index = torch.arange(trainer.global_rank, len(data.images), trainer.world_size)
+        mu, logvar = compute.encode_images(pl_module, data.images[index])
+        index, mu, logvar = (gather_rows(pl_module, t).cpu() for t in (index, mu, logvar))
+        data.posterior = mu[index.argsort()], logvar[index.argsort()]
         if not trainer.is_global_zero:
             return
         for experiment in due:
@@ -97,8 +88,7 @@ class Experiments(Callback):
 
 
 def configure(name: str, options: dict, field: str) -> Experiment:
-    """The experiment `name` with `options`, each parsed as the type its class declares: a setting it does not
-    have or a value of another type is refused naming `<field>.<setting>`."""
+    """The experiment `name` with `options` parsed as its class declares; a bad one refused as `<field>.<setting>`."""
     cls = EXPERIMENTS[name]
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, name)
@@ -114,12 +104,3 @@ def configure(name: str, options: dict, field: str) -> Experiment:
             message = f"{field}.{key}: {value!r} is not of type {kind}; see the {cls.__name__} docstring."
             raise ConfigError(message) from err
     return parser.instantiate(parser.parse_object({name: options}))[name]
-
-
-def sharded_posterior(trainer: Trainer, module: LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
-    """(mu, logvar) of all images: each rank encodes its share, every rank gets all (call on every rank)."""
-    index = torch.arange(trainer.global_rank, len(images), trainer.world_size)
-    mu, logvar = compute.encode_images(module, images[index])
-    index, mu, logvar = (gather_rows(module, t).cpu() for t in (index, mu, logvar))
-    order = index.argsort()
-    return mu[order], logvar[order]
