@@ -123,8 +123,6 @@ class VAECLI(LightningCLI):
         pieces = {
             key: piece for key, piece in pieces.items() if piece is not None and not getattr(piece, "idle", False)
         }
-        if not getattr(pieces.get("experiments"), "experiments", None):
-            pieces.pop("experiments", None)
         if trainer.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
             pieces = {k: v for k, v in pieces.items() if not isinstance(v, ModelCheckpoint)}
         if trainer.get("enable_progress_bar") is False or any(isinstance(c, ProgressBar) for c in own):

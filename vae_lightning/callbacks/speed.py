@@ -44,13 +44,17 @@ class CPUSpeed(Callback):
         if self.flush_subnormals and trainer.strategy.root_device.type == "cpu":
             torch.set_flush_denormal(True)
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.train_matmul_precision is not None:
             torch.set_float32_matmul_precision(self.train_matmul_precision)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.before is not None:
             torch.set_float32_matmul_precision(self.before[1])
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit":  # training goes on after this validation
+            self.on_train_start(trainer, pl_module)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.before is not None:

@@ -87,8 +87,8 @@ class MNISTDataModule(LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         device = device if self.data_on_device and device.type == "cuda" else torch.device("cpu")
         self.splits = {name: (x.to(device).contiguous(), y.to(device)) for name, (x, y) in splits.items()}
-        sizes = {name: len(y) for name, (_, y) in self.splits.items()}
-        rank_zero_info(f"MNIST {sizes} on {device}, binarize={self.binarize}")
+        sizes = ", ".join(f"{name} {len(y):,}" for name, (_, y) in self.splits.items())
+        rank_zero_info(f"MNIST: {sizes} on {device} (binarize={self.binarize})")
 
     def train_pixel_mean(self) -> Tensor:
         """The training split's mean pixels (1, 28, 28) in [0, 1] (with `dynamic`: of the probabilities drawn from)."""

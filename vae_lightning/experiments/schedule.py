@@ -53,6 +53,7 @@ class Experiments(Callback):
                 raise ConfigError(f"{field}: {name!r} is not an experiment; choose from {', '.join(EXPERIMENTS)}.")
         self.every_n_epochs = every_n_epochs
         self.experiments = [configure(name, options.get(name, {}), f"experiments.options.{name}") for name in names]
+        self.idle = not self.experiments  # the CLI leaves an idle piece out of the Trainer
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Say which experiments are skipped; train (or load) the digit classifier now, not mid-training, when an
@@ -66,8 +67,9 @@ class Experiments(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Every rank encodes its share of the test set and gathers the posterior; rank 0 runs the due experiments
         (the module in eval mode through validation) and publishes."""
-        due = fitting(self.experiments, pl_module)[0]
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not due:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if not (due := fitting(self.experiments, pl_module)[0]):
             return
         folder = run_dir(trainer) / "figures"  # every rank: the run dir is broadcast
         data = ExperimentData.from_datamodule(trainer.datamodule)
