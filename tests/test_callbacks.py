@@ -4,6 +4,7 @@ test likelihood, the non-finite guard, exact resume's random states."""
 from __future__ import annotations
 
 import csv
+import os
 import threading
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from vae_lightning import MLPDecoder, MLPEncoder, VAELitModule
 from vae_lightning.callbacks import CPUSpeed, NonFiniteGuard, TestLikelihood
 from vae_lightning.callbacks.speed import map_one_core_each, subnormals_flushed
-from vae_lightning.data.loaders import seeded_normal
+from vae_lightning.data import seeded_normal
 from vae_lightning.errors import RunStopped
 from vae_lightning.objectives import vae_terms
 
@@ -94,6 +95,7 @@ class Probe(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.flushed.add(subnormals_flushed())
         self.seen["train"].add(torch.get_float32_matmul_precision())
+        self.nvml_check = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self.seen["sanity" if trainer.sanity_checking else "val"].add(torch.get_float32_matmul_precision())
@@ -106,6 +108,17 @@ def test_a_fit_flushes_subnormals_only_while_it_runs_and_only_when_asked(tiny_mn
     trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist))
     assert probe.flushed == {flush}
     assert not subnormals_flushed()  # the process is left as it was
+
+
+def test_without_a_gpu_training_uses_torch_s_own_cuda_check_not_an_nvml_probe_per_step(tiny_mnist):
+    import lightning  # noqa: F401 - sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import
+
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    probe = Probe()
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, callbacks=[CPUSpeed(), probe])
+    trainer.fit(tiny_model(hidden=16), datamodule=tiny_data(tiny_mnist))
+    assert probe.nvml_check == ("1" if torch.cuda.device_count() else "0")  # a visible GPU keeps Lightning's
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # put back at the end
 
 
 @pytest.mark.parametrize("precision", [None, "medium", "high"])

@@ -288,6 +288,20 @@ def test_the_atomic_checkpoint_writer_is_the_default_plugin_and_off_with_one_set
     )
 
 
+def test_the_no_op_profiler_is_the_default_and_any_profiler_replaces_it(run_cli, tiny_config):
+    from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+
+    from vae_lightning.callbacks.speed import NoProfiler
+
+    args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config)
+    profiler = run_cli(*args, run=False).trainer.profiler
+    assert type(profiler) is NoProfiler and profiler.profile("a") is profiler.profile("b")  # one shared context
+    with profiler.profile("outer"), profiler.profile("inner"):  # nested, as Lightning's hook calls are
+        pass
+    assert type(run_cli(*args, "--trainer.profiler", "simple", run=False).trainer.profiler) is SimpleProfiler
+    assert type(run_cli(*args, "--trainer.profiler", "null", run=False).trainer.profiler) is PassThroughProfiler
+
+
 def test_a_checkpoint_decides_the_model_and_the_command_line_how_to_evaluate_it(run_cli, tiny_config, tmp_path):
     run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1")
     last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"

@@ -7,8 +7,7 @@ import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Trainer
 
-from vae_lightning.data import MNISTDataModule
-from vae_lightning.data.loaders import ShardedBatchSampler
+from vae_lightning.data import MNISTDataModule, ShardedBatchSampler
 from vae_lightning.errors import ConfigError
 
 

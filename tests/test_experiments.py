@@ -267,9 +267,11 @@ BAD_OPTIONS = [
     ({"latent_manifold": {"high": 1.0}}, "options.latent_manifold.high: 1.0 is not of type OpenUnitInterval; see the "
      "LatentManifold docstring"),
     ({"interpolation": {"digits": [3, 3]}}, "interpolation.digits must be two different digits, got [3, 3]"),
-    ({"prior_samples": {"num_samples": 10}}, "prior_samples.shown (100) is above num_samples (10): lower shown"),
+    ({"prior_samples": {"num_samples": 10}}, "prior_samples.shown (100) is above num_samples (10): lower shown or "
+     "raise num_samples."),
     ({"latent_manifold": {"low": 0.9, "high": 0.1}}, "latent_manifold.low (0.9) must be below high (0.1)"),
-    ({"epsilon_sweep": {"eps_start": 0.5, "eps_stop": 0.1}}, "epsilon_sweep.eps_stop (0.1) is below eps_start (0.5)"),
+    ({"epsilon_sweep": {"eps_start": 0.5, "eps_stop": 0.1}}, "epsilon_sweep.eps_start (0.5) is above eps_stop (0.1): "
+     "lower eps_start or raise eps_stop."),
 ]  # fmt: skip
 
 

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae_lightning.nets.contract import check_networks
+from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_networks
 
 
 @pytest.mark.parametrize(("encoder", "decoder"), [(MLPEncoder, MLPDecoder), (ConvEncoder, ConvDecoder)])

@@ -191,3 +191,25 @@ def test_the_classifier_is_trained_only_when_an_experiment_runs_and_a_read_only_
     assert [p.parent for p in tmp_path.rglob("digits-*.pt")] == [
         tmp_path / "user-cache" / "vae-lightning" / "classifiers"
     ]
+
+
+def test_output_folders_in_a_trainer_built_in_python_refuse_another_run_s_files(tiny_mnist, tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from vae_lightning import VAELitModule
+    from vae_lightning.callbacks import OutputFolders
+    from vae_lightning.data import MNISTDataModule
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.nets import MLPDecoder, MLPEncoder
+
+    data_dir, checksums = tiny_mnist
+    earlier = tmp_path / "logs" / "run" / "version_0" / "checkpoints" / "last.ckpt"  # not metrics.csv: the CSVLogger
+    earlier.parent.mkdir(parents=True)  # empties that as it starts, before any callback
+    earlier.write_text("an earlier run's")
+    data = MNISTDataModule(str(data_dir), batch_size=50, val_size=50, checksums=checksums, download=False)
+    logger = CSVLogger(tmp_path / "logs", name="run", version=0)
+    trainer = Trainer(max_epochs=1, logger=logger, callbacks=[OutputFolders()], enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="trainer.logger: this command would replace files of another run"):
+        trainer.fit(VAELitModule(MLPEncoder(), MLPDecoder()), datamodule=data)
+    assert earlier.read_text() == "an earlier run's" and len(list(tmp_path.rglob("*.ckpt"))) == 1

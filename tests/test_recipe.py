@@ -92,3 +92,38 @@ def test_a_decoder_without_a_bias_is_refused_naming_the_setting(tiny_mnist):
         quiet_trainer(max_steps=1, callbacks=[Initialisation(output_bias="data_mean")]).fit(
             model, datamodule=tiny_data(tiny_mnist)
         )
+
+
+def test_paper_seeds_collects_resumed_runs_and_their_tests(run_cli, tiny_config, tmp_path):
+    """Two seeds of a 2-epoch fit, one of them resumed for its second epoch, each tested: one curve each, spliced
+    across versions, their test/nll and the spread across them."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS, REPO, subprocess_env
+
+    config = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config)
+    for seed, pieces in ((1, [1, 2]), (2, [2])):
+        name = ("--trainer.logger.init_args.name", f"s{seed}", "--seed_everything", str(seed))
+        for epochs in pieces:
+            resume = ("--ckpt_path", "last") if epochs != pieces[0] else ()
+            run_cli("fit", *config, *name, "--trainer.max_epochs", str(epochs), *resume)
+        run_cli("test", *config, *name, "--ckpt_path", "last")
+    out = tmp_path / "seeds"
+    args = ["--logs", tmp_path / "logs", "--runs", "s1", "s2", "--config", CONFIGS / "vanilla.yaml", "--out", out]
+    done = subprocess.run(
+        [sys.executable, REPO / "scripts" / "paper_seeds.py", *map(str, args)],
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [run["epochs"] for run in record["runs"]] == [2, 2] and out.with_suffix(".png").is_file()
+    assert all(list(run["train_nelbo_by_epoch"]) == ["0", "1"] for run in record["runs"])
+    nll = [run["test"]["test/nll"] for run in record["runs"]]
+    assert record["test_nll_mean"] == pytest.approx(sum(nll) / 2) and record["test_nll_sd_across_runs"] > 0
+    assert record["config"] == "configs/vanilla.yaml" and record["runs"][0]["checkpoint"].endswith("last.ckpt")

@@ -24,8 +24,7 @@ from vae_lightning.errors import ConfigError, attributed, first_line
 from vae_lightning.module import METRICS
 from vae_lightning.runs import logger_root
 
-# Settings that moved, old spelling -> new: refused with the new one on the command line and in a config;
-# an older checkpoint's hyperparameters may still hold them (those values are dropped).
+# Settings that moved, old -> new: refused when given, dropped from an older checkpoint's hyperparameters.
 RENAMED = {
     "model.nll_samples": "test_likelihood.samples",
     "model.nll_chunk_size": "test_likelihood.chunk_size",
@@ -47,9 +46,8 @@ def check_arguments(args: list[str]) -> None:
     """Before parsing: refuse `--speed false`, and a `--config` file that is not YAML, naming file, line and column."""
     if "--speed" in args and args[args.index("--speed") + 1 :][:1] == ["false"]:
         raise ConfigError("--speed false is now --speed null (every speed measure off).")
-    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")] + [
-        a[9:] for a in args if a[:9] == "--config="
-    ]
+    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+    paths += [a.removeprefix("--config=") for a in args if a.startswith("--config=")]
     for path in [p for p in paths if os.path.isfile(p) and os.access(p, os.R_OK)]:  # others: jsonargparse names them
         try:
             yaml.safe_load(Path(path).read_bytes())  # bytes: a wrong encoding is a YAMLError too
@@ -76,14 +74,13 @@ def check_settings(config, subcommand: str | None) -> None:
         config["weights_only"] = True  # checkpoints load as tensors and plain data: no code runs
     logger, root = trainer.get("logger"), trainer.get("default_root_dir")
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))  # where `wandb login` keeps the key
+    key = os.environ.get("WANDB_API_KEY") or os.access(netrc, os.R_OK) and "api.wandb.ai" in netrc.read_text()
     offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
     for item in [i for i in (logger if isinstance(logger, list) else [logger]) if hasattr(i, "class_path")]:
         save_dir = item.init_args.get("save_dir")
         if root and not (save_dir and Path(save_dir).is_absolute()):  # default_root_dir moves the whole run
             item.init_args["save_dir"] = os.path.join(root, save_dir or "")
-        online = item.class_path.endswith("WandbLogger") and not (offline or item.init_args.get("offline"))
-        key = os.environ.get("WANDB_API_KEY") or os.access(netrc, os.R_OK) and "api.wandb.ai" in netrc.read_text()
-        if online and not key:
+        if item.class_path.endswith("WandbLogger") and not (key or offline or item.init_args.get("offline")):
             raise ConfigError(
                 "trainer.logger is W&B online, but no W&B API key is set up: run `wandb login` (or set WANDB_API_KEY), "
                 "or log offline (WANDB_MODE=offline or trainer.logger.init_args.offline: true) and `wandb sync` later."
@@ -95,8 +92,7 @@ def check_fit(trainer: Trainer, model: LightningModule, datamodule: LightningDat
     for callback in trainer.callbacks:
         if isinstance(callback, KLWarmup):
             callback.check(model)
-        monitor = getattr(callback, "monitor", None)
-        if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not monitor:
+        if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not (monitor := callback.monitor):
             continue
         field = "checkpoint.monitor" if isinstance(callback, ModelCheckpoint) else f"{type(callback).__name__}.monitor"
         if getattr(datamodule, "val_size", None) == 0 and monitor.startswith("val/"):
@@ -182,12 +178,11 @@ def checkpoint_score(path: Path) -> float:
 def resolve_checkpoint(trainer: Trainer, kind: str, subcommand: str) -> Path:
     """`--ckpt_path last|best`: the newest last.ckpt, or the best of the newest run's other .ckpt files, checked."""
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint) == (kind == "last")]
+    where, pattern = Path(trainer.default_root_dir), "checkpoints/*.ckpt"
     if folders and folders[0]:
         where, pattern = Path(folders[0]), "*.ckpt"
     elif trainer.loggers:
         where, pattern = logger_root(trainer), "*/checkpoints/*.ckpt"  # each run logs to a new version
-    else:
-        where, pattern = Path(trainer.default_root_dir) / "checkpoints", "*.ckpt"
     found = sorted(path for path in where.glob(pattern) if (path.name == "last.ckpt") == (kind == "last"))
     if not found:
         what = "no last.ckpt under {}: nothing to resume" if kind == "last" else "no best checkpoint under {}"
@@ -223,8 +218,7 @@ def _plain(value: Any) -> Any:
 
 def check_continuation(path: str | os.PathLike, module: nn.Module, model_config: Any, data_hparams: Any = None) -> None:
     """Refuse a checkpoint whose weights do not fit `module`, or, resuming a fit (`data_hparams`), saw other data."""
-    changed = differences(path, "data", data_hparams) if data_hparams is not None else []
-    if changed:
+    if data_hparams is not None and (changed := differences(path, "data", data_hparams)):
         raise ConfigError(
             f"--ckpt_path {str(path)!r}: resuming would continue on other data than the run saw "
             f"({'; '.join(changed)}). Resume with the run's data settings (its config.yaml), or start a new fit "

@@ -59,6 +59,7 @@ TRAINER_DEFAULTS = {
     "devices": 1,
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
     "plugins": {"class_path": "vae_lightning.runs.AtomicCheckpointIO"},  # off: --trainer.plugins null
+    "profiler": {"class_path": "vae_lightning.callbacks.speed.NoProfiler"},  # or another: simple, advanced, ...
 }
 
 

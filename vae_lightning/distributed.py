@@ -20,8 +20,7 @@ def gather_rows(module: LightningModule, rows: Tensor) -> Tensor:
 
 
 def release_process_group() -> None:
-    """Destroy this process's default process group, if any (every rank, after the run). Lightning does so for NCCL
-    alone; a gloo group left to Python's teardown can abort (SIGABRT) a process whose run succeeded."""
+    """Destroy the process group, if any (every rank, at the end): a gloo one left to teardown can SIGABRT a process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -1,5 +1,4 @@
-"""The one error policy of every command: a user's error is one line and exit 2, a stopped run one line and exit 1,
-Ctrl-C exit 130, anything else a bug with its traceback. Others' errors are named by where they arose, not wording."""
+"""One error policy: user errors are one line (exit 2), stopped runs one line (exit 1), Ctrl-C 130, bugs a traceback."""
 
 import os
 import sys

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from vae_lightning import objectives
-from vae_lightning.data.loaders import seeded_normal
-from vae_lightning.nets.contract import check_networks
+from vae_lightning.data import seeded_normal
+from vae_lightning.nets import check_networks
 
 TERMS = objectives.Terms._fields  # loss, recon, kl, nelbo
 # What the module logs, in nats per image: what a checkpoint callback, early stopping or a scheduler can watch.
@@ -40,12 +40,10 @@ class TermMeans(Metric):
         self.add_state("images", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, terms: objectives.Terms) -> None:
-        sums = torch.stack(terms).detach().sum(1, dtype=torch.float64)  # (4,)
+        sums, images = torch.stack(terms).detach().sum(1, dtype=torch.float64), len(terms[0])  # (4,), B
         if self.skip_nonfinite:  # without a sync: a batch's share is multiplied in as 0 or 1
             finite = sums.isfinite().all()
-            sums, images = torch.where(finite, sums, 0.0), finite * len(terms[0])
-        else:
-            images = len(terms[0])
+            sums, images = torch.where(finite, sums, 0.0), finite * images
         self.sums += sums
         self.images += images
 
@@ -155,7 +153,6 @@ class VAELitModule(LightningModule):
             metric.reset()
 
     def _log_means(self, stage: str, suffix: str = "") -> None:
-        """The epoch's means over every image, on every process, logged once."""
         metric = getattr(self, f"{stage}_means")
         means = metric.compute().float()  # equal on every rank
         self.log_dict({f"{stage}/{name}{suffix}": mean for name, mean in zip(TERMS, means)}, sync_dist=True)

@@ -1,5 +1,4 @@
-"""Latents in TensorBoard's Projector and W&B's 2-D projection panel: both project them (PCA, t-SNE, UMAP) and show
-each point's digit and image, so a user can look for the images behind a cluster or a gap."""
+"""Latents to TensorBoard's Projector and W&B's 2-D projection (PCA, t-SNE, UMAP), each with its digit and image."""
 
 import logging
 from typing import NamedTuple
@@ -12,8 +11,6 @@ log = logging.getLogger(__name__)
 
 
 class Embedding(NamedTuple):
-    """Points for a projector, in one order."""
-
     mu: Tensor  # (N, L) posterior means
     labels: Tensor  # (N,) digits
     index: Tensor  # (N,) positions in the split
@@ -34,7 +31,6 @@ def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: i
             metadata = [[str(d), str(i)] for d, i in zip(labels, index)]
             logger.experiment.add_embedding(mu, metadata, images, step, tag, metadata_header=["digit", "index"])
             logger.experiment.flush()
-            log.info("Sent %d latents (%s) to TensorBoard's projector", len(mu), tag)
         else:
             import wandb  # only W&B runs need it
 
@@ -42,4 +38,4 @@ def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: i
             columns = ["index", "digit", "image", *(f"z{d}" for d in range(mu.shape[1]))]
             rows = [[i, d, wandb.Image(p), *z] for i, d, p, z in zip(index, labels, pixels, mu.tolist())]
             logger.log_table(key=tag, columns=columns, data=rows, step=step)
-            log.info("Sent %d latents (%s) to a W&B table", len(mu), tag)
+        log.info("Sent %d latents (%s) to %s", len(mu), tag, type(logger).__name__)

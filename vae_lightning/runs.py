@@ -1,5 +1,4 @@
-"""A run's files: one folder per run whatever the logger, every output folder checked before any work (writable,
-nothing of another run's), and writes a reader or a crash never sees half-done (beside the target, then renamed)."""
+"""A run's files: its folder whatever the logger, output folders checked before any work, writes never half-done."""
 
 import hashlib
 import io
@@ -36,8 +35,7 @@ def planned_run_dir(trainer: Trainer) -> Path | None:
     """`run_dir` unbroadcast, for checks before a run; None if the logger names it only as it starts (W&B, no `id`)."""
     if not trainer.loggers:
         return Path(trainer.default_root_dir)
-    version = trainer.loggers[0].version
-    if version is None:
+    if (version := trainer.loggers[0].version) is None:
         return None
     return logger_root(trainer) / (version if isinstance(version, str) else f"version_{version}")  # as Lightning
 
@@ -59,8 +57,7 @@ def check_writable(path: str | os.PathLike, field: str) -> Path:
     path, missing = Path(path), highest_missing(path)
     existing = missing.parent if missing else Path(os.path.abspath(path))
     limit = os.pathconf(existing, "PC_NAME_MAX") if existing.is_dir() else 255
-    too_long = [part for part in path.parts if len(os.fsencode(part)) > limit]
-    if too_long:
+    if too_long := [part for part in path.parts if len(os.fsencode(part)) > limit]:
         raise ConfigError(
             f"{field}: {too_long[0][:40]!r}... is {len(os.fsencode(too_long[0]))} bytes long, and each part of a "
             f"path in {existing} holds at most {limit}: shorten it."
@@ -82,9 +79,8 @@ def refuse_earlier_outputs(outputs: Iterable[tuple[str, Path, str]], overwrite: 
     """Refuse `outputs` (field, folder, glob) unwritable, or holding another run's matching files unless `overwrite`."""
     found = []
     for field, folder, pattern in outputs:
-        check_writable(folder, field)
-        if folder.is_dir():
-            found += [(field, p) for p in sorted(folder.glob(pattern)) if not p.name.startswith(".")]
+        check_writable(folder, field)  # a folder, or none yet: glob finds nothing there
+        found += [(field, p) for p in sorted(folder.glob(pattern)) if not p.name.startswith(".")]
     if found and not overwrite:
         fields = sorted({field for field, _ in found})
         listed = ", ".join(str(path) for _, path in found[:3]) + (f" and {len(found) - 3} more" if found[3:] else "")
@@ -94,19 +90,16 @@ def refuse_earlier_outputs(outputs: Iterable[tuple[str, Path, str]], overwrite: 
         )
 
 
-def remove_if_unused(folder: Path) -> None:
-    """Remove `folder`, which this command created, if it holds nothing but the saved config: no half-made run."""
-    if folder.is_dir() and all(p.name in ("config.yaml", "hparams.yaml") for p in folder.rglob("*") if p.is_file()):
-        shutil.rmtree(folder)
+def sha256_of(path: str | os.PathLike) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def provenance(path: str | os.PathLike | None) -> dict[str, str | None]:
     """What an output was made from: the checkpoint's absolute path and SHA-256 (both None without one)."""
     if not path or not Path(path).is_file():
         return {"checkpoint": None, "checkpoint_sha256": None}
-    with open(path, "rb") as file:
-        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
-    return {"checkpoint": str(Path(path).resolve()), "checkpoint_sha256": sha256}
+    return {"checkpoint": str(Path(path).resolve()), "checkpoint_sha256": sha256_of(path)}
 
 
 @contextmanager
@@ -135,10 +128,8 @@ def save_atomically(obj: object, path: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
+    except OSError as err:
+        return not isinstance(err, ProcessLookupError)  # PermissionError: someone else's process
     return True
 
 

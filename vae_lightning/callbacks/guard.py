@@ -38,20 +38,14 @@ class NonFiniteGuard(Callback):
         epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
         where = f"global step {trainer.global_step} (epoch {epoch}, batch {batch} of the epoch; loss={loss.item():.4g})"
         if self.policy == "stop":
-            stop(
-                trainer,
-                f"non-finite loss at {where}; stopped before it could update the weights",
-                "set nonfinite.policy: skip",
-            )
+            what = f"non-finite loss at {where}; stopped before it could update the weights"
+            stop(trainer, what, "set nonfinite.policy: skip")
         rank_zero_warn(f"non-finite loss at {where}: skipped this batch's update (nonfinite.policy: skip).")
         self.skipped += 1
         if self.skipped > SKIP_LIMIT * trainer.num_training_batches:
-            stop(
-                trainer,
-                f"{self.skipped} of this epoch's {trainer.num_training_batches} training batches gave a non-finite "
-                f"loss, more than nonfinite.policy: skip allows ({SKIP_LIMIT:.0%}); stopped at {where}",
-                "look for bad data",
-            )
+            share = f"{self.skipped} of this epoch's {trainer.num_training_batches} training batches"
+            what = f"{share} gave a non-finite loss, more than nonfinite.policy: skip allows ({SKIP_LIMIT:.0%})"
+            stop(trainer, f"{what}; stopped at {where}", "look for bad data")
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if self.skip_next_update:  # torch's optimizers leave every parameter without a gradient as it is
@@ -63,11 +57,8 @@ class NonFiniteGuard(Callback):
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
         if bad and not trainer.sanity_checking:
-            stop(
-                trainer,
-                f"validation after epoch {trainer.current_epoch} gave {bad}; stopped before a checkpoint recorded it",
-                "look for inputs the networks cannot handle",
-            )
+            what = f"validation after epoch {trainer.current_epoch} gave {bad}; stopped before a checkpoint recorded it"
+            stop(trainer, what, "look for inputs the networks cannot handle")
 
 
 def stop(trainer: Trainer, what: str, fix: str) -> None:

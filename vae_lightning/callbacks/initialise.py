@@ -11,13 +11,10 @@ from vae_lightning.errors import ConfigError
 
 class Initialisation(Callback):
     """The starting point of a fit from scratch (a resumed one's is in its checkpoint); the defaults keep torch's.
-    `weights: glorot`: linear and convolution weights Glorot-uniform, biases zero (Burda et al.'s code).
-    `output_bias: data_mean`: the decoder's last bias at logit(clip(mean, clip, 1 - clip)) of the training images'
-    mean, per pixel or per channel as it is shaped, so the first decodings are the average image.
 
     Args:
-        weights: `torch` (each layer's default) or `glorot`.
-        output_bias: `torch` (as `weights` left it) or `data_mean`.
+        weights: `torch` (each layer's default) or `glorot`: Glorot-uniform weights, zero biases (Burda et al.'s code).
+        output_bias: `torch` (as `weights` left it) or `data_mean`: the decoder's last bias at the mean image's logit.
         clip: how far the mean is kept from 0 and 1 before its logit.
     """
 

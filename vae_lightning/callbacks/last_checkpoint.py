@@ -1,6 +1,5 @@
 """`LastCheckpoint`: Lightning's ModelCheckpoint keeping `last.ckpt`, the latest state of training."""
 
-from datetime import timedelta
 from pathlib import Path
 
 from jsonargparse.typing import NonNegativeInt
@@ -14,16 +13,10 @@ class LastCheckpoint(ModelCheckpoint):
 
     Args:
         dirpath: folder for last.ckpt; default the run's `checkpoints` folder.
-        every_n_train_steps: save every this many optimizer steps instead of every epoch (0: every epoch).
-        train_time_interval: or every this much time.
+        every_n_train_steps: save every this many optimizer steps too (0: every epoch only).
     """
 
-    def __init__(
-        self,
-        dirpath: str | None = None,
-        every_n_train_steps: NonNegativeInt = 0,
-        train_time_interval: timedelta | None = None,
-    ) -> None:
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: NonNegativeInt = 0) -> None:
         self.steps = int(every_n_train_steps)
         super().__init__(
             dirpath=dirpath,
@@ -32,7 +25,6 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_exception=True,
             save_on_train_epoch_end=True,
             every_n_train_steps=self.steps or None,
-            train_time_interval=train_time_interval,
         )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -8,7 +8,7 @@ from torchmetrics import SumMetric
 
 from vae_lightning import objectives
 from vae_lightning.callbacks.speed import map_one_core_each
-from vae_lightning.data.loaders import seeded_normal
+from vae_lightning.data import seeded_normal
 from vae_lightning.errors import attributed
 
 
@@ -27,7 +27,6 @@ class TestLikelihood(Callback):
 
     def __init__(self, samples: NonNegativeInt = 1000, chunk_size: PositiveInt = 2048, seed: int = 0) -> None:
         self.samples, self.chunk_size, self.seed = samples, chunk_size, seed
-        self.sums = {key: SumMetric().set_dtype(torch.float64) for key in ("nll", "variance", "images")}
 
     def estimate(self, model: LightningModule, x: Tensor, index: Tensor) -> objectives.NLLEstimate:
         """The estimate per image (B,) of images x (B, 1, 28, 28) at positions `index` (B,) of their split."""
@@ -50,9 +49,9 @@ class TestLikelihood(Callback):
         return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*estimates)))
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for metric in self.sums.values():
-            metric.reset()
-            metric.to(pl_module.device)
+        self.sums = {
+            key: SumMetric().set_dtype(torch.float64).to(pl_module.device) for key in ("nll", "variance", "images")
+        }
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

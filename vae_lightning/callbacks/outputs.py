@@ -1,5 +1,6 @@
 """`OutputFolders`: before a run writes anything, every folder it will write to is checked."""
 
+import shutil
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -8,13 +9,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from vae_lightning import runs
 from vae_lightning.callbacks.last_checkpoint import LastCheckpoint
 from vae_lightning.errors import attributed
-from vae_lightning.runs import remove_stale_temporaries
 
 
 class OutputFolders(Callback):
-    """Refuses, before any work, output folders that cannot be written or hold another run's files (run folder,
-    checkpoints, figures, `predict`'s file); a resumed fit may write beside its checkpoint. Folders the run created
-    are removed if it fails before writing into them. The CLI calls `check` before the logger's folder exists.
+    """Refuses, before any work (the CLI calls `check`), output folders that cannot be written or hold another run's
+    files (run folder, checkpoints, figures, `predict`'s file; a resumed fit writes beside its checkpoint), and
+    removes the folders a failed run created if it wrote nothing into them.
 
     Args:
         overwrite: let this run replace what an earlier run left where it writes (the CLI's `--overwrite`).
@@ -22,11 +22,11 @@ class OutputFolders(Callback):
 
     def __init__(self, overwrite: bool = False) -> None:
         self.overwrite = overwrite
-        self.new_folders: list[Path] = []
+        self.new_folders: set[Path] = set()  # each the outermost folder created: none inside another
         self.checked = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not self.checked:
+        if not self.checked:  # a Trainer built in Python (after its loggers start); the CLI checks before they do
             self.check(trainer, stage, trainer.ckpt_path, trainer.datamodule)
 
     def check(self, trainer: Trainer, stage: str, ckpt_path: str | None, datamodule=None) -> None:
@@ -36,10 +36,8 @@ class OutputFolders(Callback):
             return
         with attributed("trainer.logger", "shorten or fix its save_dir and name"):  # e.g. a part over 255 bytes
             run = runs.planned_run_dir(trainer)
-        outputs = []  # (field, folder, files that would be replaced)
-        if trainer.loggers and run is not None:
-            outputs.append(("trainer.logger", run, "*"))
-        elif trainer.loggers:  # the logger names its run's folder only once it starts (W&B): a new one each run
+        outputs = [("trainer.logger", run, "*")] if trainer.loggers and run is not None else []  # (field, folder, glob)
+        if trainer.loggers and run is None:  # the logger names its run's folder only as it starts (W&B): a new one
             runs.check_writable(runs.logger_root(trainer), "trainer.logger")
         for callback in trainer.callbacks:
             name = type(callback).__name__
@@ -57,12 +55,11 @@ class OutputFolders(Callback):
             outputs = [o for o in outputs if o[1].resolve() not in (continued, *continued.parents)]
         runs.refuse_earlier_outputs(outputs, self.overwrite)
         for _, folder, _ in outputs:
-            remove_stale_temporaries(folder)
-            top = runs.highest_missing(folder)
-            if top is not None:
-                self.new_folders.append(top)
+            runs.remove_stale_temporaries(folder)
+        self.new_folders = {top for _, folder, _ in outputs if (top := runs.highest_missing(folder))}
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        for folder in self.new_folders:
-            runs.remove_if_unused(folder)
-        self.new_folders = []
+        """Remove the folders this run created that hold nothing but its saved config: no half-made run is left."""
+        for folder in [folder for folder in self.new_folders if folder.is_dir()]:
+            if all(p.name in ("config.yaml", "hparams.yaml") for p in folder.rglob("*") if p.is_file()):
+                shutil.rmtree(folder)

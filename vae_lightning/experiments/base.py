@@ -6,6 +6,7 @@ module alone and leaves every setting unchecked otherwise (tests/test_experiment
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import ClassVar
 
 from jsonargparse.typing import restricted_number_type
@@ -45,10 +46,9 @@ class ExperimentData:
 
     def pick(self, field: str, indices: Sequence[int]) -> Tensor:
         """The test images at `indices` (K, 1, 28, 28); an index outside the test set is refused naming `field`."""
-        if outside := [i for i in indices if not 0 <= i < len(self.images)]:
-            raise ConfigError(
-                f"{field}={outside[0]} is outside the test set (0..{len(self.images) - 1}): choose an index in it."
-            )
+        last = len(self.images) - 1
+        if outside := [i for i in indices if not 0 <= i <= last]:
+            raise ConfigError(f"{field}={outside[0]} is outside the test set (0..{last}): choose an index in it.")
         return self.images[list(indices)]
 
     def first_of_each_digit(self) -> dict[int, int]:
@@ -65,9 +65,15 @@ class Outcome:
 class Experiment:
     """A dataclass whose `run(model, data)` draws a figure and measures numbers from the model's weights and the
     test set alone. Its fields are its settings, typed to refuse bad values by name; its `Args:` become `--help`;
-    `__post_init__` raises a ConfigError for rules across fields. Listed by `name` in `registry.EXPERIMENTS`."""
+    `ordered` and `__post_init__` raise a ConfigError for rules across fields. Listed by `name` in `EXPERIMENTS`."""
 
     name: ClassVar[str]  # `experiments.names`, `exp/<name>/<measure>`, `--<name>.<setting>`
+    ordered: ClassVar[tuple[str, ...]] = ()  # settings that must not decrease in this order, e.g. (start, stop)
+
+    def __post_init__(self) -> None:
+        for low, high in pairwise(self.ordered):
+            if (a := getattr(self, low)) > (b := getattr(self, high)):
+                raise ConfigError(f"{self.name}.{low} ({a}) is above {high} ({b}): lower {low} or raise {high}.")
 
     def skip_reason(self, model) -> str | None:
         """Why this experiment does not fit the model (say, too few latents), or None when it does."""

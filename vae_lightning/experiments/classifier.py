@@ -1,7 +1,6 @@
-"""The judge of the "clear digit" measures: a small CNN telling which of the ten digits an image shows, or
-NO_DIGIT, trained on MNIST (half of each batch blurred and dimmed, as decoders draw soft, grey strokes) plus
-synthetic non-digits. An image is a *clear digit* when the top class is a digit with probability >= CLEAR_THRESHOLD.
-"""
+"""The judge of the "clear digit" measures: a small CNN telling which of the ten digits an image shows, or NO_DIGIT,
+trained on MNIST (half of each batch blurred and dimmed, as decoders draw soft, grey strokes) plus synthetic
+non-digits. An image is a *clear digit* when the top class is a digit with probability >= CLEAR_THRESHOLD."""
 
 import functools
 import hashlib
@@ -39,21 +38,19 @@ class DigitClassifier(nn.Sequential):
 
 @dataclass
 class Judgement:
-    """What the classifier says of N images."""
-
     probs: Tensor  # (N, 11) softmax over the digits and NO_DIGIT
     digit: Tensor  # (N,) top class, 0-9 or NO_DIGIT
     clear: Tensor  # (N,) bool: top class is a digit with probability >= CLEAR_THRESHOLD
 
 
 @torch.no_grad()
-def judge(classifier: DigitClassifier, pixels: Tensor, threshold: float = CLEAR_THRESHOLD) -> Judgement:
-    """Classify pixel probabilities (N, 1, 28, 28) in eval mode; a digit is 'clear' at probability >= threshold."""
+def judge(classifier: DigitClassifier, pixels: Tensor) -> Judgement:
+    """Classify pixel probabilities (N, 1, 28, 28) in eval mode."""
     classifier.eval()
     device = next(classifier.parameters()).device
     probs = torch.cat([classifier(chunk.to(device).float()).softmax(-1).cpu() for chunk in pixels.split(4096)])
     top, digit = probs.max(-1)
-    return Judgement(probs, digit, (digit != NO_DIGIT) & (top >= threshold))
+    return Judgement(probs, digit, (digit != NO_DIGIT) & (top >= CLEAR_THRESHOLD))
 
 
 def soften(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -92,34 +89,29 @@ def synthetic_non_digits(images: Tensor, labels: Tensor, n: int, generator: torc
 
 @functools.lru_cache(maxsize=4)
 def digit_classifier(data_dir: str) -> tuple[DigitClassifier, dict[str, float]]:
-    """The classifier of `data_dir`'s MNIST files and its report: `test_accuracy` on the test digits, `test_clear`
-    (share of them judged clear), `noise_rejected` (share of fresh synthetic non-digits judged not clear). Kept for
-    the process and on disk under the training images' hash in `<data_dir>/classifiers` (the user cache when the
-    data dir is read-only, checked writable before training); trained, seeded, when no cache loads."""
+    """The classifier of `data_dir`'s MNIST files and its report: `test_accuracy`, `test_clear` (share of the test
+    digits judged clear), `noise_rejected` (share of synthetic non-digits judged not clear). Kept for the process and
+    in `<data_dir>/classifiers` (the user cache if read-only) under the training images' hash; else trained, seeded."""
     train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
-    field = "the digit classifier's cache"
     try:
-        folder = check_writable(Path(data_dir) / "classifiers", field)
+        folder = check_writable(Path(data_dir) / "classifiers", "the digit classifier's cache")
     except ConfigError:
-        folder = check_writable(
-            user_cache_dir() / "classifiers", f"{field} (XDG_CACHE_HOME, as data.data_dir is read-only)"
-        )
+        field = "the digit classifier's cache (XDG_CACHE_HOME, as data.data_dir is read-only)"
+        folder = check_writable(user_cache_dir() / "classifiers", field)
     path = folder / f"digits-{VERSION}-{hashlib.sha256(train.data.numpy().tobytes()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        try:
-            saved = torch.load(path, weights_only=True)
-            with torch.random.fork_rng(devices=[]):  # layer initialisation draws random numbers
-                classifier = DigitClassifier()
-            classifier.load_state_dict(saved["state_dict"])
-            return classifier.eval(), saved["report"]
-        except Exception as err:
-            log.warning("digit classifier: cache %s unreadable (%s); training again", path, err)
-    log.info("digit classifier: training once on %d images (cached at %s)", len(train.data), path)
-    generator = torch.Generator().manual_seed(0)
-    pixels, labels, batch_size, epochs = train.data.float().div(255).unsqueeze(1), train.targets, 128, 3
     with torch.random.fork_rng(devices=[]):  # initialisation and dropout seeded, the caller's streams untouched
         torch.manual_seed(0)
         classifier = DigitClassifier()
+        if path.is_file():
+            try:
+                saved = torch.load(path, weights_only=True)
+                classifier.load_state_dict(saved["state_dict"])
+                return classifier.eval(), saved["report"]
+            except Exception as err:
+                log.warning("digit classifier: cache %s unreadable (%s); training again", path, err)
+        log.info("digit classifier: training once on %d images (cached at %s)", len(train.data), path)
+        generator = torch.Generator().manual_seed(0)
+        pixels, labels, batch_size, epochs = train.data.float().div(255).unsqueeze(1), train.targets, 128, 3
         optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
         for epoch in range(epochs):
             for index in torch.randperm(len(pixels), generator=generator).split(batch_size):
@@ -128,9 +120,8 @@ def digit_classifier(data_dir: str) -> tuple[DigitClassifier, dict[str, float]]:
                 digits[half] = soften(digits[half], generator)
                 x = torch.cat([digits, synthetic_non_digits(pixels, labels, batch_size // 10, generator)])
                 y = torch.cat([labels[index], torch.full((batch_size // 10,), NO_DIGIT)])
-                loss = F.cross_entropy(classifier(x), y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                F.cross_entropy(classifier(x), y).backward()
                 optimizer.step()
             log.info("digit classifier: epoch %d/%d done", epoch + 1, epochs)
     on_test = judge(classifier, test.data.float().div(255).unsqueeze(1))

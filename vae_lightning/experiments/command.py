@@ -1,8 +1,7 @@
 """`vae-lightning-experiments`: render and measure every experiment that fits a checkpoint, without training.
 
-Writes `<output_dir>/<experiment>.png` and `<output_dir>/measures.json`: every number, its definition, the
-checkpoint (path and SHA-256), the model, the data mode and the digit classifier's own scores. Each experiment's
-settings are `--<experiment>.<setting>`, e.g. `--latent_traversal.dims [0,1]`."""
+Writes `<output_dir>/<experiment>.png` and `<output_dir>/measures.json`: each number, its definition, the checkpoint
+(path, SHA-256), model, data mode and classifier's scores. Each experiment's settings: `--<experiment>.<setting>`."""
 
 import inspect
 import json
@@ -26,21 +25,24 @@ from vae_lightning.runs import atomic_path, provenance, refuse_earlier_outputs
 log = logging.getLogger(__name__)
 
 
-def load_model(ckpt_path: str | Path, device: str) -> tuple[VAELitModule, dict]:
-    """The model of a checkpoint (no code runs on load) and the checkpoint's other contents."""
-    path = check_checkpoint_file(ckpt_path)  # missing, truncated, corrupted or code-carrying: refused by name
+def load_checkpoint(path: str, device: str, data_dir: str | None, **data) -> tuple[VAELitModule, dict, MNISTDataModule]:
+    """The model of a checkpoint on `device` (no code runs on load), the checkpoint, and the data module it saw, set
+    up: the checkpoint's data settings, with `data_dir` (unless None) and `data` in place of theirs."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu (or auto).")
+    path = check_checkpoint_file(path)  # missing, truncated, corrupted or code-carrying: refused by name
     with attributed(f"--ckpt_path {str(path)!r}", "point it at a checkpoint written by `vae-lightning fit`"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    return model.eval(), checkpoint
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu (or auto).")
-    return device
+    settings = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    settings.update(data, **({} if data_dir is None else {"data_dir": data_dir}))
+    with attributed("the checkpoint's data settings (datamodule_hyper_parameters)"):
+        datamodule = MNISTDataModule(**settings)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return model.eval(), checkpoint, datamodule
 
 
 def run_experiments(
@@ -51,7 +53,7 @@ def run_experiments(
     experiments: list[str] | None = None,
     device: str = "auto",
     overwrite: bool = False,
-    settings: dict[str, Experiment] | None = None,
+    **settings: Experiment,
 ) -> dict:
     """Render and measure the experiments that fit the checkpoint's model; return what measures.json holds.
 
@@ -63,7 +65,7 @@ def run_experiments(
         experiments: names to run (default: every one that fits the model).
         device: `auto`, `cpu` or `cuda`.
         overwrite: replace an earlier measures.json and figures in output_dir.
-        settings: configured experiments by name (default: each with its defaults).
+        settings: configured experiments by name (others: each with its defaults).
     """
     names = experiments or list(EXPERIMENTS)
     if unknown := sorted(set(names) - set(EXPERIMENTS)):
@@ -71,15 +73,9 @@ def run_experiments(
     out = Path(output_dir)
     outputs = [("--output_dir", out, name) for name in ("measures.json", *(f"{n}.png" for n in names))]
     refuse_earlier_outputs(outputs, overwrite)  # before any work: writable, and nothing of another run replaced
-    model, checkpoint = load_model(ckpt_path, resolve_device(device))
-    data_hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-    data_hparams.update(download=download, **({"data_dir": data_dir} if data_dir is not None else {}))
-    with attributed("the checkpoint's data settings (datamodule_hyper_parameters)"):
-        datamodule = MNISTDataModule(**data_hparams)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    model, checkpoint, datamodule = load_checkpoint(ckpt_path, device, data_dir, download=download)
     data = ExperimentData.from_datamodule(datamodule)
-    due, skipped = fitting([(settings or {}).get(name) or EXPERIMENTS[name]() for name in names], model, say=True)
+    due, skipped = fitting([settings.get(name) or EXPERIMENTS[name]() for name in names], model, say=True)
     results = {}
     for experiment in due:
         outcome = experiment.run(model, data)
@@ -90,8 +86,7 @@ def run_experiments(
         **provenance(ckpt_path),
         "model": {
             "latent_dim": model.latent_dim,
-            "encoder": type(model.encoder).__name__,
-            "decoder": type(model.decoder).__name__,
+            **{part: type(getattr(model, part)).__name__ for part in ("encoder", "decoder")},
             **{key: model.hparams.get(key) for key in ("recon_weight", "kl_weight")},
             **{key: checkpoint.get(key) for key in ("epoch", "global_step")},
         },
@@ -109,7 +104,7 @@ def run_experiments(
 def parser() -> ArgumentParser:
     """The command's flags: `run_experiments`' arguments, and each experiment's settings as `--<name>.<setting>`."""
     p = ArgumentParser(prog="vae-lightning-experiments", description=__doc__.split("\n\n")[0])
-    p.add_function_arguments(run_experiments, skip={"settings"})
+    p.add_function_arguments(run_experiments)
     for name, cls in EXPERIMENTS.items():
         p.add_class_arguments(cls, name)
     return p
@@ -117,15 +112,8 @@ def parser() -> ArgumentParser:
 
 def main(args: list[str] | None = None) -> dict:
     """The entry point of `vae-lightning-experiments`, under the package's error policy."""
-    p = parser()
-    config = p.parse_args(args)
-
-    def command() -> dict:
-        options = vars(p.instantiate(config))  # each experiment's rules across its settings checked here
-        settings = {name: options.pop(name) for name in EXPERIMENTS}
-        return run_experiments(**options, settings=settings)
-
-    return run_command("vae-lightning-experiments", command)
+    p = parser()  # a bad flag exits as jsonargparse parses it (usage, exit 2); rules across settings on instantiate
+    return run_command("vae-lightning-experiments", lambda: run_experiments(**vars(p.instantiate(p.parse_args(args)))))
 
 
 def cli_main() -> None:

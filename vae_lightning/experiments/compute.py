@@ -62,8 +62,7 @@ def knn_accuracy(points: Tensor, labels: Tensor, k: int = 5, seed: int = 0, chun
     points, labels = points.float(), labels.long()
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))
     reference, query = order[: len(order) // 2], order[len(order) // 2 :]
-    k = min(k, len(reference))
-    classes = int(labels.max()) + 1
+    k, classes = min(k, len(reference)), int(labels.max()) + 1
     correct = 0
     for rows in query.split(chunk):
         nearest = torch.cdist(points[rows], points[reference]).topk(k, largest=False).indices  # (q, k), nearest first
@@ -105,15 +104,9 @@ def prior_fit(mu: Tensor) -> dict[str, float]:
     }
 
 
-def class_changes(classes: Tensor) -> tuple[int, list[int]]:
-    """How many consecutive entries of a class sequence (S,) differ, and where (i: between steps i and i + 1)."""
-    changed = (classes[1:] != classes[:-1]).nonzero().flatten().tolist()
-    return len(changed), changed
-
-
-def grid_class_changes(classes: Tensor) -> int:
-    """How many horizontally or vertically adjacent cells of a (H, W) class grid differ."""
-    return int((classes[1:] != classes[:-1]).sum() + (classes[:, 1:] != classes[:, :-1]).sum())
+def class_changes(classes: Tensor) -> int:
+    """How many neighbouring entries (along every axis) of a class sequence (S,) or grid (H, W) differ."""
+    return sum(int((classes.diff(dim=axis) != 0).sum()) for axis in range(classes.dim()))
 
 
 def unclear_fraction(clear: Tensor) -> float:

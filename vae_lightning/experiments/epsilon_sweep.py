@@ -5,7 +5,6 @@ from dataclasses import dataclass
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat
 
-from vae_lightning.errors import ConfigError
 from vae_lightning.experiments import compute, figures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 from vae_lightning.objectives import reparameterize
@@ -31,11 +30,7 @@ class EpsilonSweep(Experiment):
     eps_start: float = 0.0
     eps_stop: float = 0.95
     eps_step: PositiveFloat = 0.05
-
-    def __post_init__(self) -> None:
-        if self.eps_stop < self.eps_start:
-            bad = f"epsilon_sweep.eps_stop ({self.eps_stop}) is below eps_start ({self.eps_start})"
-            raise ConfigError(f"{bad}: raise eps_stop or lower eps_start.")
+    ordered = ("eps_start", "eps_stop")
 
     def run(self, model, data: ExperimentData) -> Outcome:
         eps = torch.arange(self.eps_start, self.eps_stop + self.eps_step / 2, self.eps_step)  # (S,)
@@ -50,7 +45,7 @@ class EpsilonSweep(Experiment):
             "spread": spread,
             "reference_spread": compute.sweep_spread(compute.decode_latents(model, mu[:20])),
             "mean_sigma": logvar.mul(0.5).exp().mean().item(),
-            "class_changes": float(compute.class_changes(judged.digit)[0]),
+            "class_changes": float(compute.class_changes(judged.digit)),
             "unclear": compute.unclear_fraction(judged.clear),
         }
         return Outcome(figure, measured)

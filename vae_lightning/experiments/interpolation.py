@@ -48,10 +48,11 @@ class Interpolation(Experiment):
         labels = [f"x{a}", *(f"{v:.2f}" for v in t.flatten().tolist()), f"x{b}"]
         figure = figures.image_rows(torch.cat([ends[:1], line, ends[1:]]).unsqueeze(0), title, col_labels=labels)
         judged = data.judge(line)
-        changes, places = compute.class_changes(judged.digit)
+        changes = compute.class_changes(judged.digit)
+        first = int((judged.digit != judged.digit[0]).int().argmax()) - 1 if changes else -1  # after it, a new digit
         measured = {
             "class_changes": float(changes),
-            "first_change": float(places[0] if places else -1),
+            "first_change": float(first),
             "endpoints_match": float(judged.digit[0] == a and judged.digit[-1] == b),
             "unclear": compute.unclear_fraction(judged.clear),
         }

@@ -35,9 +35,8 @@ class LatentManifold(Experiment):
 
     def skip_reason(self, model) -> str | None:
         (x, y), latents = self.dims, model.latent_dim
-        if latents < 2 or max(x, y) >= latents or x == y:
-            return f"dims {(x, y)} are not two distinct dimensions of a {latents}-latent model"
-        return None
+        fits = x != y and max(x, y) < latents
+        return None if fits else f"dims {(x, y)} are not two distinct dimensions of a {latents}-latent model"
 
     def run(self, model, data: ExperimentData) -> Outcome:
         grid, (x, y) = self.grid, self.dims
@@ -48,14 +47,13 @@ class LatentManifold(Experiment):
         images = compute.decode_latents(model, z.flatten(0, 1))  # (G * G, 1, 28, 28)
         rest = "" if model.latent_dim == 2 else f", other {model.latent_dim - 2} latents 0"
         labels = [f"{v + 0.0:.1f}" for v in values.tolist()]
-        figure = figures.image_rows(
-            images.view(grid, grid, 1, 28, 28), f"decodings on a standard-normal grid{rest}", labels[::-1], labels
-        )
+        title = f"decodings on a standard-normal grid{rest}"
+        figure = figures.image_rows(images.view(grid, grid, 1, 28, 28), title, labels[::-1], labels)
         figure.axes[0].set(xlabel=f"z[{x}]", ylabel=f"z[{y}]")
         judged = data.judge(images)
         measured = {
             "digits_present": float(judged.digit[judged.clear].unique().numel()),
-            "class_changes": float(compute.grid_class_changes(judged.digit.view(grid, grid))),
+            "class_changes": float(compute.class_changes(judged.digit.view(grid, grid))),
             "unclear": compute.unclear_fraction(judged.clear),
         }
         return Outcome(figure, measured)

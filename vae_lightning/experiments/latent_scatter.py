@@ -35,9 +35,8 @@ class LatentScatter(Experiment):
     projector: bool = False
 
     def skip_reason(self, model) -> str | None:
-        if model.latent_dim < 2:
-            return f"a scatter plane needs 2 latent dimensions, the model has {model.latent_dim}"
-        return None
+        needs = f"a scatter plane needs 2 latent dimensions, the model has {model.latent_dim}"
+        return needs if model.latent_dim < 2 else None
 
     def run(self, model, data: ExperimentData) -> Outcome:
         mu, labels, grid = data.posterior_of(model)[0][: self.max_points], data.labels[: self.max_points], self.grid
@@ -69,11 +68,9 @@ class LatentScatter(Experiment):
         left.set(xlabel=names[0], ylabel=names[1])
         left.set_title(f"posterior means of {len(mu):,} test images: {how}", fontsize=9)
         cells = decodings.view(grid, grid, 1, 28, 28).transpose(0, 1).flip(0)  # right: row 0 at the largest y
-        figures.show(right, cells.flatten(0, 1), grid, grid)
+        figures.show(right, cells.flatten(0, 1), grid)
         for i, j in empty.nonzero().tolist():  # cells without test latents framed in red
             right.add_patch(Rectangle((29 * i + 0.5, 29 * (grid - 1 - j) + 0.5), 28, 28, fill=False, edgecolor="red"))
         right.set(xticks=[], yticks=[])
-        right.set_title(
-            f"decodings over the dashed box; red: cells without test latents ({int(empty.sum())})", fontsize=9
-        )
+        right.set_title(f"decodings over the dashed box; red: cells without test latents ({empty.sum():d})", fontsize=9)
         return Outcome(figure, measured, embedding)

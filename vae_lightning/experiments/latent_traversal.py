@@ -34,17 +34,15 @@ class LatentTraversal(Experiment):
     steps: PositiveInt = 11
 
     def skip_reason(self, model) -> str | None:
-        if self.dims and max(self.dims) >= model.latent_dim:
-            return f"dims {list(self.dims)} do not exist in a {model.latent_dim}-latent model"
-        return None
+        fits = not self.dims or max(self.dims) < model.latent_dim
+        return None if fits else f"dims {list(self.dims)} do not exist in a {model.latent_dim}-latent model"
 
     def run(self, model, data: ExperimentData) -> Outcome:
         dims = list(self.dims) if self.dims else list(range(model.latent_dim))
         values = torch.linspace(self.low, self.high, self.steps)  # (S,)
         mu, _ = compute.encode_images(model, data.pick("latent_traversal.image_index", [self.image_index]))  # (1, L)
         z = mu.repeat(len(dims) * len(values), 1).view(len(dims), len(values), -1)  # (D, S, L)
-        for row, dim in enumerate(dims):
-            z[row, :, dim] = values
+        z[range(len(dims)), :, dims] = values  # row d: its dimension swept
         rows = compute.decode_latents(model, z.flatten(0, 1)).view(len(dims), len(values), 1, 28, 28)
         reconstruction = compute.decode_latents(model, mu)  # (1, 1, 28, 28)
         title = f"one latent swept, the rest at mu (test image {self.image_index})"
@@ -52,10 +50,9 @@ class LatentTraversal(Experiment):
         figure = figures.image_rows(rows, title, *labels)
         judged = data.judge(rows.flatten(0, 1))
         original = data.judge(reconstruction).digit[0]
-        changes = [compute.class_changes(row)[0] for row in judged.digit.view(len(dims), -1)]
         measured = {
             "same_class": (judged.digit == original).float().mean().item(),
-            "class_changes": sum(changes) / len(dims),
+            "class_changes": sum(compute.class_changes(row) for row in judged.digit.view(len(dims), -1)) / len(dims),
             "pixel_distance": (rows - reconstruction).abs().mean().item(),
             "reference_distance": (compute.reconstruct(model, data.images[:100]) - reconstruction).abs().mean().item(),
         }

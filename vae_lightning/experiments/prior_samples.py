@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from jsonargparse.typing import PositiveInt
 
-from vae_lightning.errors import ConfigError
 from vae_lightning.experiments import compute, figures
 from vae_lightning.experiments.base import Experiment, ExperimentData, Outcome
 
@@ -26,11 +25,7 @@ class PriorSamples(Experiment):
     num_samples: PositiveInt = 1000
     shown: PositiveInt = 100
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.shown > self.num_samples:
-            bad = f"prior_samples.shown ({self.shown}) is above num_samples ({self.num_samples})"
-            raise ConfigError(f"{bad}: lower shown or raise num_samples.")
+    ordered = ("shown", "num_samples")
 
     def run(self, model, data: ExperimentData) -> Outcome:
         z = torch.randn(self.num_samples, model.latent_dim, generator=torch.Generator().manual_seed(self.seed))

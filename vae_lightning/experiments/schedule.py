@@ -7,17 +7,20 @@ import os
 import re
 from collections.abc import Sequence
 
+import numpy
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from vae_lightning.distributed import gather_rows
 from vae_lightning.errors import ConfigError
 from vae_lightning.experiments import compute
 from vae_lightning.experiments.base import Experiment, ExperimentData
 from vae_lightning.experiments.classifier import digit_classifier
-from vae_lightning.experiments.figures import publish
+from vae_lightning.experiments.figures import write_png
 from vae_lightning.experiments.registry import EXPERIMENTS
 from vae_lightning.projector import to_projectors
 from vae_lightning.runs import run_dir
@@ -56,8 +59,7 @@ class Experiments(Callback):
         self.idle = not self.experiments  # the CLI leaves an idle piece out of the Trainer
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Say which experiments are skipped; train (or load) the digit classifier now, not mid-training, when an
-        experiment will run in this fit (after a resume has set the epoch)."""
+        """Say which experiments are skipped; load or train the digit classifier now when one will run in this fit."""
         if not trainer.is_global_zero or not fitting(self.experiments, pl_module, say=True)[0]:
             return
         last, step = trainer.max_epochs, math.lcm(self.every_n_epochs, trainer.check_val_every_n_epoch or 1)
@@ -65,8 +67,7 @@ class Experiments(Callback):
             digit_classifier(os.fspath(trainer.datamodule.data_dir))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Every rank encodes its share of the test set and gathers the posterior; rank 0 runs the due experiments
-        (the module in eval mode through validation) and publishes."""
+        """Every rank encodes a share of the posterior; rank 0 runs the due experiments (in eval mode) and logs them."""
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         if not (due := fitting(self.experiments, pl_module)[0]):
@@ -79,14 +80,20 @@ class Experiments(Callback):
         data.posterior = mu[index.argsort()], logvar[index.argsort()]
         if not trainer.is_global_zero:
             return
-        for experiment in due:
-            key = f"exp/{experiment.name}"
-            outcome = experiment.run(pl_module, data)
-            publish(trainer, key, outcome.figure, folder)
+        for experiment in due:  # its figure to the image loggers and as PNG (a CSV-only run keeps it too), its numbers
+            key, outcome = f"exp/{experiment.name}", experiment.run(pl_module, data)
+            canvas = FigureCanvasAgg(outcome.figure)
+            canvas.draw()
+            rgb = numpy.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(key, rgb, global_step=trainer.global_step, dataformats="HWC")
+                elif isinstance(logger, WandbLogger):
+                    logger.log_image(key=key, images=[rgb], step=trainer.global_step)
+            write_png(outcome.figure, folder / f"exp_{experiment.name}-epoch{trainer.current_epoch:03d}.png")
             if outcome.embedding is not None:
                 to_projectors(trainer.loggers, key, outcome.embedding, trainer.global_step)
-            for measure, value in outcome.measures.items():
-                pl_module.log(f"{key}/{measure}", float(value), rank_zero_only=True)
+            pl_module.log_dict({f"{key}/{m}": float(v) for m, v in outcome.measures.items()}, rank_zero_only=True)
 
 
 def configure(name: str, options: dict, field: str) -> Experiment:

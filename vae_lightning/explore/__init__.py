@@ -1,6 +1,5 @@
 """`vae-lightning explore --ckpt_path CKPT`: a checkpoint's latent space over a split of MNIST as it saw it, in a
-Bokeh page (the `explore` extra): a latent map, a traversal, an interpolation and prior samples, each decoding judged
-by the package's digit classifier."""
+Bokeh page (the `explore` extra): latent map, traversal, interpolation, prior samples, each judged by a classifier."""
 
 import os
 from typing import Literal
@@ -9,9 +8,9 @@ import torch
 from jsonargparse import ArgumentParser
 from jsonargparse.typing import PositiveInt, restricted_number_type
 
-from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError, attributed, run_command
-from vae_lightning.experiments import digit_classifier, load_model, resolve_device
+from vae_lightning.experiments.base import ExperimentData
+from vae_lightning.experiments.command import load_checkpoint
 
 Port = restricted_number_type("Port", int, [(">=", 1), ("<=", 65535)])
 
@@ -38,29 +37,22 @@ def explore(
         max_sliders: traversal sliders, the most active latent dimensions first.
         device: `auto`, `cpu` or `cuda` for the model.
         download: fetch MNIST if missing.
-        run: serve until interrupted (false: start the server and return it, for tests).
     """
     try:  # the extra, checked first: a missing install is said before any work
         from bokeh.server.util import bind_sockets
     except ImportError as err:
         raise ConfigError('vae-lightning explore needs the explore extra (Bokeh): pip install -e ".[explore]"') from err
-    from vae_lightning.explore.app import Explorer, serve
+    from vae_lightning.explore.app import serve
 
     # the port is taken first, so one in use is refused before the model loads
     with attributed(f"--host {host} --port {port}", f"another --port (e.g. --port {port + 1}) or a local --host"):
         sockets, _ = bind_sockets(host, int(port))  # a plain int: getaddrinfo refuses subclasses
     try:
-        model, checkpoint = load_model(ckpt_path, resolve_device(device))  # refused by name if missing, foreign, ...
-        settings = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-        settings.update(download=download, predict_split=split, **({"data_dir": data_dir} if data_dir else {}))
-        datamodule = MNISTDataModule(**settings)  # a split it cannot serve (val of val_size 0) refused here
-        datamodule.prepare_data()
-        datamodule.setup("predict")
+        model, _, datamodule = load_checkpoint(ckpt_path, device, data_dir, download=download, predict_split=split)
         images, labels = datamodule.splits[split]
-        classifier, _ = digit_classifier(os.fspath(datamodule.data_dir))
-        explorer = Explorer(model, images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), classifier, max_sliders)
+        data = ExperimentData(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
         origins = ["*"] if host in ("0.0.0.0", "::") else [f"{h}:{port}" for h in (host, "localhost", "127.0.0.1")]
-        server = serve(explorer, split, sockets, origins)
+        server = serve(sockets, origins, model=model, data=data, split=split, max_sliders=max_sliders)
     except BaseException:
         for listening in sockets:
             listening.close()
@@ -78,8 +70,7 @@ def explore(
 
 
 def main(args: list[str] | None = None) -> None:
-    """`vae-lightning explore ...`: bad flags refused as they are parsed, the rest under `errors.run_command`."""
+    """`vae-lightning explore ...` under `errors.run_command`; a bad flag exits as jsonargparse parses it (exit 2)."""
     parser = ArgumentParser(prog="vae-lightning explore", description=__doc__)
     parser.add_function_arguments(explore, skip={"run"})
-    config = parser.parse_args(args)
-    run_command("vae-lightning explore", lambda: explore(**config.as_dict()))
+    run_command("vae-lightning explore", lambda: explore(**parser.parse_args(args).as_dict()))

@@ -1,5 +1,4 @@
-"""The explorer's page: a Bokeh document whose callbacks decode on the server, next to the model, and its server.
-Each decoding's data source (`map_decoding`, `traversal_decoding`, ...) holds the z it shows, for tests to read."""
+"""The explorer's page, a Bokeh document whose callbacks decode on the server (next to the model), and its server."""
 
 import weakref
 
@@ -7,6 +6,7 @@ import numpy as np
 import torch
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
+from bokeh.document import Document
 from bokeh.events import DocumentReady, MouseMove, Tap
 from bokeh.layouts import column, row
 from bokeh.models import Button, ColumnDataSource, Div, Slider, Spinner
@@ -21,56 +21,48 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from vae_lightning.experiments import compute
-from vae_lightning.experiments.classifier import NO_DIGIT, DigitClassifier, judge
+from vae_lightning.experiments.base import ExperimentData
+from vae_lightning.experiments.classifier import NO_DIGIT
 
 PRIOR_GRID = 4  # prior samples drawn as a PRIOR_GRID x PRIOR_GRID sheet
 
 
-class Explorer:
-    """A model and the digit classifier over a split's images (N, 1, 28, 28) in [0, 1] and digits (N,): their posterior
-    means, mapped as `LatentScatter` draws them; the `max_sliders` most active dimensions get a traversal slider."""
-
-    def __init__(self, model, images: Tensor, labels: Tensor, classifier: DigitClassifier, max_sliders: int):
-        self.model, self.images, self.labels, self.classifier = model, images, labels, classifier
-        self.mu = compute.encode_images(model, images)[0]  # (N, L) posterior means
-        self.origin, axes, self.plane = compute.plane_of(self.mu)
-        self.points = compute.project(self.mu, self.origin, axes)  # (N, 2)
-        self.inverse = torch.linalg.pinv(axes)  # (L, 2): a map point's latent, by least squares
-        self.activity = self.mu.var(0) if len(self.mu) > 1 else torch.zeros(self.mu.shape[1])  # (L,)
-        self.slider_dims = self.activity.argsort(descending=True)[:max_sliders].tolist()
-
-
 def image_figure(name: str, title: str, size: int = 28, width: int = 220):
-    """A square figure showing one grey image from a source named `name` (columns image, z)."""
+    """A square figure showing one grey image from a source named `name` (columns image, z: what tests read)."""
     source = ColumnDataSource({"image": [np.zeros((size, size), dtype=np.float32)], "z": [[]]}, name=name)
-    plot = figure(
-        title=title, width=width, height=width, x_range=(0, size), y_range=(0, size), tools="", toolbar_location=None
-    )
+    span = (0, size)  # of both axes, in pixels
+    plot = figure(title=title, width=width, height=width, x_range=span, y_range=span, tools="", toolbar_location=None)
     plot.image(image="image", x=0, y=0, dw=size, dh=size, source=source, palette=Greys256, level="image")
     plot.axis.visible = plot.grid.visible = False
     return plot, source
 
 
-def build(doc, explorer: Explorer, split: str) -> None:
-    """Fill a Bokeh document with the four panels; every callback decodes on the server."""
-    (n, latents), plane = explorer.mu.shape, explorer.plane
+def build(doc, model, data: ExperimentData, split: str, max_sliders: int) -> None:
+    """Fill a Bokeh document with the four panels over a split's `data`; every callback decodes on the server."""
+    mu = data.posterior_of(model)[0]  # (N, L) posterior means, encoded once for every page
+    (n, latents), (origin, axes, plane) = mu.shape, compute.plane_of(mu)
     note = "; a point of it decodes with the components off the plane at the data mean" if latents > 2 else ""
-    intro = f"<h2>vae-lightning explore</h2><p>{n:,} {split} images, {latents} latents. Map of mu: {plane}{note}.</p>"
+    intro = f"{n:,} {split} images, {latents} latents. Map of mu: {plane}{note}."
     generator = torch.Generator().manual_seed(1)  # the page's prior samples
 
-    def show(source: ColumnDataSource, judgement: Div, z: Tensor) -> None:
-        """Decode z (L,) onto the page: pixels (flipped: Bokeh's y axis points up), z and the classifier's verdict."""
-        pixels = compute.decode_latents(explorer.model, z[None])  # (1, 1, 28, 28)
-        judged = judge(explorer.classifier, pixels)
-        source.data = {"image": [np.flipud(pixels[0, 0].numpy())], "z": [z.tolist()]}
-        digit, p, clear = judged.digit.item(), judged.probs.max().item(), judged.clear.item()
-        said = "no digit" if digit == NO_DIGIT else f"judged {digit}, {'clear' if clear else 'not clear'}"
-        judgement.text = f"{said} (p = {p:.2f})"
+    def show(source: ColumnDataSource, verdict: Div, z: Tensor) -> None:
+        """Decode z (K, L) onto the page: a sheet of PRIOR_GRID columns (flipped: Bokeh's y up), z and the verdict."""
+        pixels = compute.decode_latents(model, z)  # (K, 1, 28, 28)
+        sheet = make_grid(pixels, PRIOR_GRID, padding=0)[0]  # (28, 28) for one z
+        source.data = {"image": [np.flipud(sheet.numpy())], "z": [z.squeeze(0).tolist()]}  # one z as (L,)
+        judged = data.judge(pixels)
+        if len(z) > 1:
+            seen = ", ".join(str(d) if c else "?" for d, c in zip(judged.digit.tolist(), judged.clear.tolist()))
+            verdict.text = f"{int(judged.clear.sum())} of {len(z)} judged a clear digit; row by row: {seen}"
+        else:
+            digit, p, clear = judged.digit.item(), judged.probs.max().item(), judged.clear.item()
+            said = "no digit" if digit == NO_DIGIT else f"judged {digit}, {'clear' if clear else 'not clear'}"
+            verdict.text = f"{said} (p = {p:.2f})"
 
     # ---- latent map: pointing at or tapping any point decodes it
-    rows = explorer.labels.argsort(stable=True)  # by digit: the legend lists them 0-9 (its order is the rows')
-    x, y = explorer.points[rows].T.tolist()
-    digits = [str(d) for d in explorer.labels[rows].tolist()]
+    rows = data.labels.argsort(stable=True)  # by digit: the legend lists them 0-9 (its order is the rows')
+    x, y = compute.project(mu, origin, axes)[rows].T.tolist()
+    digits = [str(d) for d in data.labels[rows].tolist()]
     points = ColumnDataSource({"x": x, "y": y, "digit": digits, "index": rows.tolist()}, name="map_points")
     latent_map = figure(width=580, height=480, tools="tap,pan,wheel_zoom,reset", name="map", output_backend="webgl")
     colors = factor_cmap("digit", Category10_10, list("0123456789"))
@@ -78,21 +70,22 @@ def build(doc, explorer: Explorer, split: str) -> None:
     latent_map.add_layout(latent_map.legend[0], "right")
     map_image, map_source = image_figure("map_decoding", "decoding of the point")
     map_verdict = Div(text="point at the map", name="map_verdict")
+    inverse = torch.linalg.pinv(axes)  # (L, 2): a map point's latent, by least squares
 
     def decode_point(event) -> None:
         if event.x is not None and event.y is not None:
-            show(map_source, map_verdict, explorer.origin + explorer.inverse @ torch.tensor([event.x, event.y]))
+            show(map_source, map_verdict, (origin + inverse @ torch.tensor([event.x, event.y]))[None])
 
     latent_map.on_event(Tap, decode_point)
     latent_map.on_event(MouseMove, decode_point)
 
     # ---- traversal: an image's mu, one slider per (most active) dimension
     index = Spinner(title="image index (or tap its point)", low=0, high=n - 1, step=1, value=0, name="traversal_index")
-    low, high = explorer.mu.min(0).values.tolist(), explorer.mu.max(0).values.tolist()
+    activity = mu.var(0) if n > 1 else torch.zeros(latents)  # (L,)
     sliders = {}
-    for dim in explorer.slider_dims:
-        start, end = round(min(-4.0, low[dim] - 1), 2), round(max(4.0, high[dim] + 1), 2)
-        text = f"z[{dim}] (variance of mu {explorer.activity[dim]:.2f})"
+    for dim in activity.argsort(descending=True)[:max_sliders].tolist():
+        start, end = round(min(-4.0, mu[:, dim].min().item() - 1), 2), round(max(4.0, mu[:, dim].max().item() + 1), 2)
+        text = f"z[{dim}] (variance of mu {activity[dim]:.2f})"
         sliders[dim] = Slider(title=text, start=start, end=end, step=0.01, value=0, width=300, name=f"traversal_z{dim}")
     traversal_image, traversal_source = image_figure("traversal_decoding", "traversal")
     traversal_verdict = Div(name="traversal_verdict")
@@ -100,22 +93,19 @@ def build(doc, explorer: Explorer, split: str) -> None:
     loading = [False]  # set while a new image resets the sliders, so they decode once, not once each
 
     def decode_traversal() -> None:
-        z = explorer.mu[int(index.value)].clone()
-        z[list(sliders)] = torch.tensor([slider.value for slider in sliders.values()])
-        show(traversal_source, traversal_verdict, z)
+        if not loading[0]:
+            z = mu[int(index.value)].clone()
+            z[list(sliders)] = torch.tensor([slider.value for slider in sliders.values()])
+            show(traversal_source, traversal_verdict, z[None])
 
     def load_image(attr, old, new) -> None:
         if new is not None:  # None: the spinner was cleared
             i = int(new)
-            original.data = {"image": [np.flipud(explorer.images[i, 0].numpy())], "z": [explorer.mu[i].tolist()]}
+            original.data = {"image": [np.flipud(data.images[i, 0].numpy())], "z": [mu[i].tolist()]}
             loading[0] = True
             for dim, slider in sliders.items():
-                slider.value = round(float(explorer.mu[i, dim]), 2)
+                slider.value = round(float(mu[i, dim]), 2)
             loading[0] = False
-            decode_traversal()
-
-    def slider_moved(attr, old, new) -> None:
-        if not loading[0]:
             decode_traversal()
 
     def point_selected(attr, old, new) -> None:
@@ -124,11 +114,11 @@ def build(doc, explorer: Explorer, split: str) -> None:
 
     index.on_change("value", load_image)
     for slider in sliders.values():
-        slider.on_change("value", slider_moved)
+        slider.on_change("value", lambda attr, old, new: decode_traversal())
     points.selected.on_change("indices", point_selected)
 
     # ---- interpolation between two images (the seed's pair, a 4 and a 9, where the split has them)
-    ends = [int(found[0]) if len(found := (explorer.labels == digit).nonzero()) else 0 for digit in (4, 9)]
+    ends = [int(found[0]) if len(found := (data.labels == digit).nonzero()) else 0 for digit in (4, 9)]
     first = Spinner(title="from image", low=0, high=n - 1, step=1, value=ends[0], width=120, name="interp_from")
     second = Spinner(title="to image", low=0, high=n - 1, step=1, value=ends[1], width=120, name="interp_to")
     t = Slider(title="t", start=0.0, end=1.0, step=0.01, value=0.5, width=300, name="interp_t")
@@ -136,8 +126,8 @@ def build(doc, explorer: Explorer, split: str) -> None:
     interp_verdict = Div(name="interp_verdict")
 
     def decode_interpolation() -> None:
-        z1, z2 = explorer.mu[int(first.value)], explorer.mu[int(second.value)]
-        show(interp_source, interp_verdict, torch.lerp(z1, z2, t.value))  # (1 - t) z1 + t z2
+        z1, z2 = mu[int(first.value)], mu[int(second.value)]
+        show(interp_source, interp_verdict, torch.lerp(z1, z2, t.value)[None])  # (1 - t) z1 + t z2
 
     for widget in (first, second, t):
         widget.on_change("value", lambda attr, old, new: decode_interpolation())
@@ -148,20 +138,14 @@ def build(doc, explorer: Explorer, split: str) -> None:
     sheet_verdicts = Div(name="prior_verdicts")
 
     def draw_prior() -> None:
-        z = torch.randn(PRIOR_GRID**2, latents, generator=generator)  # (16, L)
-        pixels = compute.decode_latents(explorer.model, z)  # (16, 1, 28, 28)
-        judged = judge(explorer.classifier, pixels)
-        tiles = make_grid(pixels, PRIOR_GRID, padding=0)[0]  # a (112, 112) sheet
-        sheet_source.data = {"image": [np.flipud(tiles.numpy())], "z": [z.tolist()]}
-        seen = ", ".join(str(d) if c else "?" for d, c in zip(judged.digit.tolist(), judged.clear.tolist()))
-        sheet_verdicts.text = f"{int(judged.clear.sum())} of {len(z)} judged a clear digit; row by row: {seen}"
+        show(sheet_source, sheet_verdicts, torch.randn(PRIOR_GRID**2, latents, generator=generator))  # (16, L)
 
     draw.on_click(draw_prior)
 
     doc.title = "vae-lightning explore"
     doc.add_root(
         column(
-            Div(text=intro, name="title"),
+            Div(text=f"<h2>vae-lightning explore</h2><p>{intro}</p>", name="title"),
             row(latent_map, column(map_image, map_verdict)),
             Div(text="<h3>Traversal</h3><p>Each slider starts at the image's mu (most active dimensions first).</p>"),
             row(column(index, original_image), column(*sliders.values()), column(traversal_image, traversal_verdict)),
@@ -176,33 +160,27 @@ def build(doc, explorer: Explorer, split: str) -> None:
     draw_prior()
 
 
-class StreamKeepingHTTPServer(HTTPServer):
-    """Tornado's HTTP server, keeping (weakly) the stream of every connection it accepts in `streams`."""
+def serve(sockets: list, origins: list[str], **page) -> BaseServer:
+    """Start a Bokeh server of `build(doc, **page)` on listening `sockets`, for pages from `origins` ("host:port").
+    Bokeh writes a message as several websocket frames, each held by Nagle's algorithm until the browser's delayed ACK
+    (docs/performance.md); Tornado 6.6 clears TCP_NODELAY as each request ends, so a ready page's connections get it."""
+    streams = weakref.WeakSet()  # of every connection the server accepts
 
-    def initialize(self, *args, **kwargs) -> None:
-        super().initialize(*args, **kwargs)
-        self.streams = weakref.WeakSet()
-
-    def handle_stream(self, stream, address) -> None:
-        self.streams.add(stream)
-        super().handle_stream(stream, address)
-
-
-def serve(explorer: Explorer, split: str, sockets: list, origins: list[str]) -> BaseServer:
-    """Start a Bokeh server of the page on listening `sockets`, for pages from `origins` ("host:port"). Bokeh writes
-    a message as several websocket frames, each held by Nagle's algorithm until the browser's delayed ACK (see
-    docs/performance.md), and Tornado 6.6 clears TCP_NODELAY as each request ends: a ready page's connections get it."""
+    class StreamKeepingHTTPServer(HTTPServer):
+        def handle_stream(self, stream, address) -> None:
+            streams.add(stream)
+            super().handle_stream(stream, address)
 
     def send_at_once(event: DocumentReady) -> None:
-        for stream in http.streams:
-            if not stream.closed():
-                stream.set_nodelay(True)
+        for stream in streams:
+            stream.set_nodelay(True)  # a no-op on a closed stream
 
-    def page(doc) -> None:
-        build(doc, explorer, split)
+    def new_page(doc) -> None:
+        build(doc, **page)
         doc.on_event(DocumentReady, send_at_once)
 
-    application = BokehTornado({"/": Application(FunctionHandler(page))}, extra_websocket_origins=origins)
+    build(Document(), **page)  # a first page: the split encoded and the classifier loaded before any page asks
+    application = BokehTornado({"/": Application(FunctionHandler(new_page))}, extra_websocket_origins=origins)
     http = StreamKeepingHTTPServer(application)
     http.add_sockets(sockets)
     server = BaseServer(IOLoop.current(), application, http)
