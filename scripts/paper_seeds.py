@@ -27,7 +27,7 @@ def read_run(folder: Path) -> dict:
     versions = sorted(folder.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     if not versions:
         raise SystemExit(f"{folder}: no version_* folders: is --logs the fit's save_dir and the run name right?")
-    for version in versions:
+    for version in [v for v in versions if (v / "metrics.csv").is_file()]:  # a run stopped before it logged: none
         with open(version / "metrics.csv", newline="") as file:
             for row in csv.DictReader(file):
                 if row.get("train/nelbo_epoch"):
