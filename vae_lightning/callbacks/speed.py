@@ -24,7 +24,7 @@ class CPUSpeed(Callback):
     """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated pixels make many, a slow path on
     x86); training's float32 matmuls at `train_matmul_precision` (evaluation keeps torch's: reported numbers are
     full float32); on a machine without a GPU, torch's own CUDA check for Lightning's NVML one, which probes NVML
-    again in every optimizer step (75 us). All put back at the end. torch's CPU threads copy the flushing when they
+    again in every optimizer step. All put back at the end. torch's CPU threads copy the flushing when they
     start, so the CLI sets it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal(True)` first.
 
     Args:
