@@ -5,6 +5,8 @@ beside its Monte-Carlo error. Writes `<out>.json` and `<out>.png` (the training 
 
     python scripts/paper_seeds.py --logs logs --runs paper_vae_k1_s42 paper_vae_k1_s43 paper_vae_k1_s44 \\
         --config configs/paper/vae_k1.yaml --out docs/results/paper_vae_k1_seeds --published 86.76
+
+`--keep JSON` adds the runs of an earlier output whose logs are gone (those not named in `--runs`).
 """
 
 from __future__ import annotations
@@ -71,10 +73,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .png)")
     parser.add_argument("--published", type=float, help="the published test NLL, kept beside the runs' in the JSON")
     parser.add_argument("--note", default="", help="how the runs were made (machine, threads, wall time)")
+    parser.add_argument("--keep", type=Path, help="an earlier output JSON whose other runs are kept (logs since gone)")
     args = parser.parse_args()
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file")
-    runs = [read_run(args.logs / name) for name in args.runs]
+    if args.keep is not None and not args.keep.is_file():
+        parser.error(f"--keep {args.keep}: no such file")
+    kept = json.loads(args.keep.read_text())["runs"] if args.keep else []
+    runs = [run for run in kept if run["name"] not in args.runs] + [read_run(args.logs / name) for name in args.runs]
     nll = [run["test"]["test/nll"] for run in runs]
     record = {
         "config": relative(args.config),

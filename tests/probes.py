@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -83,14 +84,26 @@ class IntegerEncoder(MLPEncoder):
 
 
 class InterruptAt(Callback):
-    """Sends its own process SIGINT (what Ctrl-C sends) after `step` steps."""
+    """Sends its own process `signum` (SIGINT: what Ctrl-C sends; SIGTERM: a scheduler's stop) after `step` steps."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signum: str = "SIGINT") -> None:
+        self.step, self.signum = step, getattr(signal, signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
+
+
+class SignalDuringTest(Callback):
+    """Sends its own process `signum` `seconds` after the test starts, from a timer thread: in the middle of
+    whatever the test is computing then."""
+
+    def __init__(self, signum: str, seconds: float = 2.0) -> None:
+        self.signum, self.seconds = getattr(signal, signum), seconds
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        print(f"probe: sending {self.signum.name} in {self.seconds} s", flush=True)
+        threading.Timer(self.seconds, os.kill, (os.getpid(), self.signum)).start()
 
 
 class FlushProbe(Callback):

@@ -166,6 +166,26 @@ def test_val_size_0_trains_on_every_image_without_validation(run_cli, tiny_confi
     assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.parametrize(("limit", "batches"), [("1", 1), ("3", 3), ("1.0", 5), ("0.5", 2)])
+def test_an_integer_limit_is_a_count_of_batches_and_a_float_a_fraction(run_cli, tiny_config, limit, batches):
+    fit = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1",
+                  "--trainer.limit_train_batches", limit, "--trainer.limit_val_batches", limit)  # fmt: skip
+    assert fit.trainer.global_step == batches  # 250 training images in batches of 50: 5 in all
+    assert fit.trainer.num_val_batches == [1 if limit in ("1", "0.5") else 2]  # 50 validation images in 40s
+
+
+def test_evaluating_without_a_checkpoint_says_the_model_is_untrained(run_cli, capsys, tiny_config):
+    fit = run_cli("fit", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config, "--trainer.max_epochs", "1")
+    capsys.readouterr()
+    for subcommand in ("validate", "test", "predict"):
+        run_cli(subcommand, "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config)
+        assert f"no --ckpt_path, so this is the untrained model (initial weights): pass --ckpt_path last, best or " \
+               f"a file to {subcommand} a trained one." in capsys.readouterr().err  # fmt: skip
+    run_cli("test", "--config", CONFIGS / "two_latent.yaml", "--config", tiny_config,
+            "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path)  # fmt: skip
+    assert "untrained" not in capsys.readouterr().err
+
+
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
     (tmp_path / "a-file").write_text("")
     err = cli_error(

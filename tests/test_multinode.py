@@ -181,6 +181,8 @@ def test_an_unreachable_rendezvous_is_named_within_a_bounded_wait(tiny_config, t
     ("environ", "counts", "expected"),
     [
         ({}, (1, 1), None),  # no launcher: nothing to match
+        ({}, (2, 1), "no launcher started this process"),  # several nodes nobody starts: refused, never a wait
+        ({"NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"}, (2, 1), None),  # each node started by hand
         ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, (2, 4), None),
         ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, (2, "auto"), None),
         ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, (1, 4), "--trainer.num_nodes 2"),

@@ -18,7 +18,6 @@ from vae_lightning.objectives import (
     importance_weighted_nll,
     log_importance_weights,
     log_prior_over_posterior,
-    monte_carlo_variance,
     reparameterize,
     softplus_sum,
 )
@@ -250,10 +249,20 @@ def test_monte_carlo_variance_predicts_the_spread_over_draws():
     assert ((ratio > 0.7) & (ratio < 1.4)).all(), ratio
 
 
-def test_monte_carlo_variance_is_zero_for_equal_weights_and_large_for_one_dominant():
-    assert monte_carlo_variance(torch.zeros(10, 3)).abs().max() < 1e-7
-    dominant = torch.tensor([[50.0], [0.0], [0.0], [0.0]])
-    torch.testing.assert_close(monte_carlo_variance(dominant), torch.tensor([0.75]))
+def test_the_estimate_streamed_block_by_block_equals_the_one_over_all_weights_at_once():
+    """Running sums over blocks of 128 draws give -log (1/K sum w) and the delta-method variance sum w~^2 - 1/K of
+    all K weights at once; equal weights have variance 0."""
+    torch.manual_seed(5)
+    decoder = OneLatentDecoder()
+    x, mu, logvar = torch.bernoulli(torch.full((3, 1, 28, 28), 0.4)), torch.randn(3, 1), torch.randn(3, 1) * 0.3
+    eps = torch.randn(300, 3, 1)
+    estimate = importance_weighted_nll(x, mu, logvar, decoder, lambda block, n: eps[block * 128 :][:n], 300, 512)
+    log_w = log_importance_weights(x, mu, logvar, eps, decoder, 512).double()
+    torch.testing.assert_close(estimate.nll, -importance_weighted_bound(log_w).float())
+    weights = torch.softmax(log_w, 0)
+    torch.testing.assert_close(estimate.variance, (weights.square().sum(0) - 1 / 300).float())
+    same = importance_weighted_nll(x, mu, logvar, decoder, lambda block, n: torch.zeros(n, 3, 1), 300, 512)
+    assert same.variance.abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, "one row"])  # 30: beyond exp's float32 range (|l| up to ~150)

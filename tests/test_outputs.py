@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,34 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_run_resumes(tiny_config, tmp_p
     out = cli_subprocess(["fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3", "--ckpt_path", "last"],
                          tmp_path)  # fmt: skip
     assert "`Trainer.fit` stopped: `max_epochs=3` reached." in out
+
+
+def test_sigterm_saves_last_ckpt_at_the_step_reached_exits_143_and_the_run_resumes(tiny_config, tmp_path):
+    stop = tmp_path / "stop.yaml"  # SIGTERM (a scheduler's or Slurm's stop) at step 7: epoch 1, batch 2 of 5
+    probe = {"class_path": "probes.InterruptAt", "init_args": {"step": 7, "signum": "SIGTERM"}}
+    stop.write_text(yaml.safe_dump({"trainer": {"callbacks": [probe]}}))
+    out = cli_subprocess(
+        ["fit", *TWO, *configs(tiny_config, stop), "--trainer.max_epochs", "3"], tmp_path, returncode=143
+    )
+    last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
+    line = f"terminated (SIGTERM); saved {last} (global step 7): continue with the same command and --ckpt_path last"
+    assert line in out and "Traceback" not in out
+    assert torch.load(last, weights_only=True)["global_step"] == 7
+    out = cli_subprocess(["fit", *TWO, "--config", tiny_config, "--trainer.max_epochs", "3", "--ckpt_path", "last"],
+                         tmp_path)  # fmt: skip
+    assert "`Trainer.fit` stopped: `max_epochs=3` reached." in out
+
+
+@pytest.mark.parametrize(("signum", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_test_of_any_k_stops_within_seconds_of_sigterm_or_ctrl_c(tiny_config, tmp_path, signum, code):
+    probe = tmp_path / "probe.yaml"  # k = 10^9 draws per image: days of work, in memory that does not grow
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.SignalDuringTest",
+                                                                "init_args": {"signum": signum}}]}}))  # fmt: skip
+    args = ["test", *TWO, *configs(tiny_config, probe), "--test_likelihood.samples", "1000000000"]
+    started = time.monotonic()
+    out = cli_subprocess(args, tmp_path, timeout=90, returncode=code)
+    assert time.monotonic() - started < 60 and "Traceback" not in out
+    assert ("terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted (Ctrl-C)") in out
 
 
 def test_a_temporary_file_left_by_a_killed_save_is_cleaned_up_by_the_next_run(run_cli, tiny_config, tmp_path):

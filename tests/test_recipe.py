@@ -127,3 +127,12 @@ def test_paper_seeds_collects_resumed_runs_and_their_tests(run_cli, tiny_config,
     nll = [run["test"]["test/nll"] for run in record["runs"]]
     assert record["test_nll_mean"] == pytest.approx(sum(nll) / 2) and record["test_nll_sd_across_runs"] > 0
     assert record["config"] == "configs/vanilla.yaml" and record["runs"][0]["checkpoint"].endswith("last.ckpt")
+    merged = tmp_path / "merged"  # s1 from the earlier JSON (its logs could be gone), s2 read again
+    args = ["--logs", tmp_path / "logs", "--runs", "s2", "--config", CONFIGS / "vanilla.yaml", "--out", merged]
+    done = subprocess.run(
+        [sys.executable, REPO / "scripts" / "paper_seeds.py", *map(str, args), "--keep", str(out.with_suffix(".json"))],
+        env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = json.loads(merged.with_suffix(".json").read_text())
+    assert [run["name"] for run in again["runs"]] == ["s1", "s2"] and again["test_nll_mean"] == record["test_nll_mean"]

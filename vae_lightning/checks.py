@@ -264,6 +264,16 @@ def lightning_setting_error(err: BaseException) -> ConfigError | None:
     return ConfigError(f"{field}: {first_line(err)}.")
 
 
+def note_untrained(subcommand: str, ckpt_path: str | None) -> None:
+    """Say that validate, test or predict without a checkpoint scores the config's freshly initialised model."""
+    if not ckpt_path and subcommand in ("validate", "test", "predict"):
+        fix = f"pass --ckpt_path last, best or a file to {subcommand} a trained one"
+        print(
+            f"vae-lightning: note: no --ckpt_path, so this is the untrained model (initial weights): {fix}.",
+            file=sys.stderr,
+        )
+
+
 def saved_on_interrupt(trainer: Trainer | None) -> str:
     """What a Ctrl-C left to resume from: the run's last.ckpt, which holds the state at the step reached."""
     last = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)] if trainer else []

@@ -19,7 +19,7 @@ from vae_lightning.distributed import distributed_failure, release_process_group
 from vae_lightning.errors import ConfigError, RunStopped, attributed, run_command
 from vae_lightning.module import VAELitModule
 from vae_lightning.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: F401 - short class_paths
-from vae_lightning.runs import ConfigToLoggers
+from vae_lightning.runs import CLITrainer, ConfigToLoggers
 
 COMMANDS = """commands: fit, validate, test, predict (Lightning's, below), and `vae-lightning explore --ckpt_path CKPT`
 (a page to look inside a checkpoint's latent space; `vae-lightning explore --help`)."""
@@ -83,8 +83,7 @@ class VAECLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False, help="replace what an earlier run left")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Refuse config files that are not YAML by name, parse, refuse renamed settings; check a `--ckpt_path` and
-        say where its model differs from the config's (LightningCLI takes the checkpoint's)."""
+        """Refuse non-YAML config files and renamed settings; check a `--ckpt_path`, noting where its model differs."""
         checks.check_arguments([str(a) for a in (sys.argv[1:] if args is None else args)])
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -144,6 +143,7 @@ class VAECLI(LightningCLI):
         if config.get("ckpt_path") in ("last", "best"):
             config["ckpt_path"] = str(checks.resolve_checkpoint(self.trainer, config["ckpt_path"], self.subcommand))
         ckpt_path = config.get("ckpt_path")
+        checks.note_untrained(self.subcommand, ckpt_path)
         if ckpt_path and Path(ckpt_path).is_file():
             data = self.datamodule.hparams if self.subcommand == "fit" else None
             check_continuation(ckpt_path, self.model, self.config[self.subcommand].model, data)
@@ -170,6 +170,7 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,
                 seed_everything_default=42,
+                trainer_class=CLITrainer,
                 trainer_defaults=TRAINER_DEFAULTS,
                 parser_kwargs={"description": COMMANDS},
                 args=args,

@@ -26,7 +26,8 @@ def release_process_group() -> None:
 
 
 def check_launch(num_nodes: int, devices: object) -> None:
-    """Refuse `trainer.num_nodes` or `trainer.devices` other than torchrun's or Slurm's counts (else the ranks hang)."""
+    """Refuse `trainer.num_nodes` or `trainer.devices` other than torchrun's or Slurm's counts, and several nodes
+    without a launcher (or NODE_RANK set by hand): else the ranks wait forever."""
     env = os.environ
     if {"TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"} <= set(env):
         launcher, flags, per_node = "torchrun", "--nnodes and --nproc-per-node", int(env["LOCAL_WORLD_SIZE"])
@@ -34,6 +35,11 @@ def check_launch(num_nodes: int, devices: object) -> None:
     elif {"SLURM_NTASKS", "SLURM_NNODES"} <= set(env) and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         launcher, flags, nodes = "srun", "sbatch --nodes and --ntasks-per-node", int(env["SLURM_NNODES"])
         per_node = int(env["SLURM_NTASKS"]) // max(nodes, 1)
+    elif num_nodes > 1 and "NODE_RANK" not in env:  # else every rank would wait for nodes nobody started
+        raise ConfigError(
+            f"trainer.num_nodes={num_nodes}, but no launcher started this process: start one per node with "
+            f"torchrun --nnodes {num_nodes} or srun (README, 'Many nodes'), or set --trainer.num_nodes 1."
+        )
     else:
         return
     count = len(devices) if isinstance(devices, (list, tuple)) else devices

@@ -1,10 +1,13 @@
-"""One error policy: user errors are one line (exit 2), stopped runs one line (exit 1), Ctrl-C 130, bugs a traceback."""
+"""One error policy: user errors are one line (exit 2), stopped runs one line (exit 1), Ctrl-C 130, SIGTERM 143 (128 +
+15, what schedulers expect of a terminated job), bugs a traceback."""
 
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 T = TypeVar("T")
 DEBUG = "VAE_LIGHTNING_DEBUG"  # set to 1: every error keeps its traceback
@@ -46,7 +49,9 @@ def run_command(prog: str, command: Callable[[], T], interrupted: Callable[[], s
         print(f"{prog}: {kind}: {err}{'' if explained else f' ({DEBUG}=1 shows the traceback)'}", file=sys.stderr)
         raise SystemExit(status) from err
     except (KeyboardInterrupt, SystemExit) as err:
-        if isinstance(err, SystemExit) and not isinstance(err.__context__, KeyboardInterrupt):
+        terminated = isinstance(err, SIGTERMException)  # Lightning's stop after a SIGTERM (schedulers, Slurm)
+        if isinstance(err, SystemExit) and not terminated and not isinstance(err.__context__, KeyboardInterrupt):
             raise  # Lightning exits 1 after its clean-up of a Ctrl-C; any other exit passes through
-        print(f"{prog}: interrupted (Ctrl-C); {interrupted() or 'nothing was saved'}.", file=sys.stderr)
-        raise SystemExit(130) from err
+        what, status = ("terminated (SIGTERM)", 143) if terminated else ("interrupted (Ctrl-C)", 130)
+        print(f"{prog}: {what}; {interrupted() or 'nothing was saved'}.", file=sys.stderr)
+        raise SystemExit(status) from err

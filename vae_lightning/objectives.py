@@ -161,17 +161,21 @@ class NLLEstimate(NamedTuple):  # per-image values (B,) of the importance-sample
     variance: Tensor  # its Monte-Carlo variance, by the delta method: sum_k w~_k^2 - 1/K
 
 
-def monte_carlo_variance(log_w: Tensor) -> Tensor:
-    """The delta-method variance (B,) of log (1/K sum_k w_k) from log weights (K, B); low for heavy-tailed weights."""
-    weights = torch.softmax(log_w, dim=0)
-    return (weights.square().sum(0) - 1.0 / log_w.shape[0]).clamp_min(0.0)
-
-
 def importance_weighted_nll(
     x: Tensor, mu: Tensor, logvar: Tensor, decoder: Decoder, noise: Noise, num_samples: int, chunk_size: int
 ) -> NLLEstimate:
-    """-log p(x) (B,) and its Monte-Carlo variance from `num_samples` importance samples of q(z | x) by `noise`."""
-    starts = range(0, num_samples, NOISE_BLOCK)
-    blocks = (noise(block, min(NOISE_BLOCK, num_samples - start)) for block, start in enumerate(starts))  # lazily
-    log_w = torch.cat([log_importance_weights(x, mu, logvar, eps, decoder, chunk_size) for eps in blocks])
-    return NLLEstimate(-importance_weighted_bound(log_w), monte_carlo_variance(log_w))
+    """-log p(x) (B,) and its Monte-Carlo variance from `num_samples` importance samples of q(z | x) by `noise`,
+    block by block: running float64 sums of w and w^2 scaled by the largest log w so far, so memory does not grow
+    with `num_samples`."""
+    peak = mu.new_full((len(x),), -math.inf, dtype=torch.float64)  # the largest log w so far, per image
+    sums, squares = peak.new_zeros(len(x)), peak.new_zeros(len(x))  # sum w, sum w^2, each over exp(peak)
+    for block, start in enumerate(range(0, num_samples, NOISE_BLOCK)):
+        eps = noise(block, min(NOISE_BLOCK, num_samples - start))
+        log_w = log_importance_weights(x, mu, logvar, eps, decoder, chunk_size).double()  # (n, B)
+        new_peak = torch.maximum(peak, log_w.amax(0))
+        shift = torch.where(new_peak.isfinite(), new_peak, 0.0)  # an image whose every weight is 0 keeps 0
+        scale, w = (peak - shift).exp(), (log_w - shift).exp()
+        peak, sums, squares = new_peak, sums * scale + w.sum(0), squares * scale.square() + w.square().sum(0)
+    nll = math.log(num_samples) - torch.where(peak.isfinite(), peak, 0.0) - sums.log()
+    variance = (squares / sums.square() - 1.0 / num_samples).clamp_min(0.0)  # sum_k w~_k^2 - 1/K (delta method)
+    return NLLEstimate(nll.float(), variance.float())

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch
 import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -144,6 +145,29 @@ def remove_stale_temporaries(folder: Path) -> None:
             log.info("removed %s, left by a write that was killed (process %s)", path, match.group(1))
         except OSError as err:  # e.g. a read-only folder: left, and said
             log.warning("could not remove the stale temporary %s (%s)", path, err)
+
+
+class CLITrainer(lightning.pytorch.Trainer):
+    """Lightning's Trainer with `limit_*_batches` typed int first: Lightning's `Optional[Union[int, float]]` reaches
+    the parser as float first (typing caches equal unions), so `--trainer.limit_train_batches 1` read 1.0, every
+    batch. Here 1 is one batch, 1.0 all of them, 0.25 a quarter."""
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,8 +1,11 @@
 """`TestLikelihood`: `test/nll`, the importance-sampled negative log-likelihood of the test images."""
 
+from threading import Event
+
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchmetrics import SumMetric
 
@@ -28,12 +31,19 @@ class TestLikelihood(Callback):
     def __init__(self, samples: NonNegativeInt = 1000, chunk_size: PositiveInt = 2048, seed: int = 0) -> None:
         self.samples, self.chunk_size, self.seed = samples, chunk_size, seed
 
-    def estimate(self, model: LightningModule, x: Tensor, index: Tensor) -> objectives.NLLEstimate:
-        """The estimate per image (B,) of images x (B, 1, 28, 28) at positions `index` (B,) of their split."""
-        mu, logvar = model.encode(x)
+    def estimate(
+        self, model: LightningModule, x: Tensor, index: Tensor, trainer: Trainer | None = None
+    ) -> objectives.NLLEstimate:
+        """The estimate per image (B,) of images x (B, 1, 28, 28) at positions `index` (B,) of their split; a SIGTERM
+        to the `trainer` or a Ctrl-C stops it within a block of draws, whatever `samples` is."""
+        mu, logvar, stop = *model.encode(x), Event()
 
         def part_estimate(part: slice) -> objectives.NLLEstimate:
             def noise(block: int, n: int) -> Tensor:  # block 0 is the stream of a k below one block
+                if trainer is not None and trainer.received_sigterm:
+                    raise SIGTERMException  # Lightning's own stop, as between batches
+                if stop.is_set():
+                    raise InterruptedError("stopped by the caller")  # its caller is raising already
                 stream = (1, block) if block else (1,)
                 return seeded_normal(self.seed, index[part], n, model.latent_dim, *stream)
 
@@ -45,7 +55,8 @@ class TestLikelihood(Callback):
         if parts <= 1:  # one core, one image, or none (a rank's empty share of the last batch under DDP)
             return part_estimate(slice(None))
         step = -(-len(x) // parts)
-        estimates = map_one_core_each(part_estimate, [slice(start, start + step) for start in range(0, len(x), step)])
+        slices = [slice(start, start + step) for start in range(0, len(x), step)]
+        estimates = map_one_core_each(part_estimate, slices, stop)
         return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*estimates)))
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -58,7 +69,7 @@ class TestLikelihood(Callback):
         if self.samples:
             x, _, index = batch
             with attributed("test_likelihood", "lower test_likelihood.chunk_size (memory) or samples (time)"):
-                nll, variance = self.estimate(pl_module, x, index)
+                nll, variance = self.estimate(pl_module, x, index, trainer)
             for key, value in (("nll", nll.sum()), ("variance", variance.sum()), ("images", len(x))):
                 self.sums[key].update(value)
 

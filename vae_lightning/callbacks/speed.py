@@ -4,6 +4,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from threading import Event
 from typing import Literal, TypeVar
 
 import torch
@@ -87,10 +88,13 @@ class NoProfiler(PassThroughProfiler):
         return self.NO_OP
 
 
-def map_one_core_each(function: Callable[[_Item], _Result], items: Sequence[_Item]) -> list[_Result]:
+def map_one_core_each(
+    function: Callable[[_Item], _Result], items: Sequence[_Item], stop: Event | None = None
+) -> list[_Result]:
     """[function(item) for item in items], each on a thread of its own with one intra-op thread, so each core runs
     whole chunks alone instead of syncing on every small product. Workers take the caller's grad mode, inference
-    mode and subnormal flushing (per thread in torch); the caller's thread count (process-wide) is set again."""
+    mode and subnormal flushing (per thread in torch); the caller's thread count (process-wide) is set again. An
+    exception in the caller (Ctrl-C) sets `stop`, which the function checks to end its work early."""
     threads = torch.get_num_threads()
     grad, inference, flushed = torch.is_grad_enabled(), torch.is_inference_mode_enabled(), subnormals_flushed()
 
@@ -104,6 +108,11 @@ def map_one_core_each(function: Callable[[_Item], _Result], items: Sequence[_Ite
 
     try:
         with ThreadPoolExecutor(len(items), initializer=start_worker) as pool:
-            return list(pool.map(run, items))
+            try:
+                return list(pool.map(run, items))
+            except BaseException:
+                if stop is not None:  # before the pool waits for its workers
+                    stop.set()
+                raise
     finally:
         torch.set_num_threads(threads)
