@@ -128,6 +128,31 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(run_cli, 
     assert not (tmp_path / "code-ran").exists()
 
 
+def test_a_class_path_outside_the_package_is_refused_before_it_is_imported(run_cli, capsys, tiny_config, tmp_path):
+    """`this` prints the Zen of Python when imported; a `helpers.py` in the working folder would run likewise."""
+    checkpoint = fit_once(run_cli, tiny_config, tmp_path)
+    content = torch.load(checkpoint, weights_only=True)
+    content["hyper_parameters"]["encoder"]["class_path"] = "this.Zen"
+    torch.save(content, checkpoint)
+    capsys.readouterr()
+    for command in ("test", "predict"):
+        err = cli_error(run_cli, capsys, command, *TWO, "--config", tiny_config, "--ckpt_path", checkpoint)
+        assert "names code outside vae_lightning, torch.nn and torch.optim ('this.Zen')" in err
+        assert "nothing was imported" in err and "this" not in sys.modules
+    done = subprocess.run(
+        [Path(sys.executable).parent / "vae-lightning-experiments", "--ckpt_path", str(checkpoint), "--output_dir",
+         str(tmp_path / "figures")], env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "'this.Zen'" in done.stderr and "Beautiful is better" not in done.stdout
+
+
+def test_a_class_path_the_config_names_itself_is_trusted_in_a_checkpoint(run_cli, tiny_config, tmp_path):
+    own = ("--model.encoder", "probes.NaNAfter", "--model.encoder.init_args.after", "1000")  # healthy this long
+    checkpoint = fit_once(run_cli, tiny_config, tmp_path, *own)  # not the package's: trusted as the config names it
+    tested = run_cli("test", *TWO, "--config", tiny_config, *own, "--ckpt_path", checkpoint)
+    assert type(tested.model.encoder).__name__ == "NaNAfter"
+
+
 def test_an_unwritable_checkpoint_folder_is_refused_before_any_work(run_cli, capsys, tiny_config, tmp_path):
     err = cli_error(
         run_cli,

@@ -168,6 +168,33 @@ def test_a_test_of_any_k_stops_within_seconds_of_sigterm_or_ctrl_c(tiny_config, 
     assert ("terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted (Ctrl-C)") in out
 
 
+def test_two_runs_started_together_never_share_a_folder(tiny_config, tmp_path):
+    command = [sys.executable, "-m", "vae_lightning", "fit", *TWO, "--config", tiny_config, *ONE_EPOCH]
+    started = [
+        subprocess.Popen(list(map(os.fspath, command)), cwd=tmp_path, env=subprocess_env(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    outs = [process.communicate(timeout=300)[0] for process in started]
+    assert [process.returncode for process in started] == [0, 0, 0], outs
+    runs = sorted((tmp_path / "logs" / "two_latent").iterdir())
+    assert [run.name for run in runs] == ["version_0", "version_1", "version_2"]
+    for run in runs:  # each its own config, checkpoint and one epoch of metrics
+        logger = yaml.safe_load((run / "config.yaml").read_text())["trainer"]["logger"]
+        assert logger["init_args"]["version"] == int(run.name.removeprefix("version_"))
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+        assert "train/nelbo_epoch" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_claimed_run_folder_is_released_when_the_command_fails_or_writes_nothing(
+    run_cli, capsys, tiny_config, tmp_path
+):
+    cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, "--checkpoint.monitor", "val/nope")
+    assert not (tmp_path / "logs").exists()  # nothing left of the folder claimed for the run
+    run_cli("fit", *TWO, "--config", tiny_config, "--trainer.fast_dev_run", "true")  # writes no files
+    assert not (tmp_path / "logs").exists()
+
+
 def test_a_temporary_file_left_by_a_killed_save_is_cleaned_up_by_the_next_run(run_cli, tiny_config, tmp_path):
     folder = tmp_path / "fixed"
     killed = (  # a real process killed in the middle of an atomic write

@@ -12,6 +12,7 @@ from typing import Any
 import lightning
 import torch
 import yaml
+from jsonargparse import Namespace, namespace_to_dict
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -124,8 +125,27 @@ def peek(path: str | os.PathLike) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
-def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False) -> Path:
-    """Refuse a missing, damaged, code-carrying or non-Lightning checkpoint; with `resume`, one of weights only."""
+# What a checkpoint's settings may name, to be imported on load; any other class path only if the config names it too.
+TRUSTED_CODE = ("vae_lightning.", "torch.nn.", "torch.optim.", "lightning.pytorch.cli.instantiate_module")
+
+
+def named_code(value: Any) -> list[str]:
+    """Every class or function path nested in settings (`class_path`, Lightning's `_instantiator`), as strings."""
+    if isinstance(value, Namespace):
+        value = namespace_to_dict(value)
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k in ("class_path", "_instantiator") and isinstance(v, str)] + [
+            path for k, v in value.items() if k not in ("class_path", "_instantiator") for path in named_code(v)
+        ]
+    return [path for item in value for path in named_code(item)] if isinstance(value, (list, tuple)) else []
+
+
+def check_checkpoint_file(
+    path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False, trusted: Any = None
+) -> Path:
+    """Refuse a missing, damaged, code-carrying or non-Lightning checkpoint; with `resume`, one of weights only. Its
+    class paths are read as strings, before anything imports them: only the package's, torch's networks and
+    optimizers, and those the config (`trusted`) names itself."""
     path, named = Path(path), f"{field} {str(path)!r}"
     if not path.is_file():
         raise ConfigError(f"{named} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
@@ -154,6 +174,15 @@ def check_checkpoint_file(path: str | os.PathLike, field: str = "--ckpt_path", r
             f"{named} holds {what}, not a Lightning checkpoint (state_dict, hyper_parameters, "
             "pytorch-lightning_version): point it at a .ckpt written by `vae-lightning fit`, or load a bare "
             "state_dict in Python with model.load_state_dict(torch.load(path))."
+        )
+    settings = [checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")]
+    if untrusted := [
+        p for p in named_code(settings) if not p.startswith(TRUSTED_CODE) and p not in named_code(trusted)
+    ]:
+        raise ConfigError(
+            f"{named} names code outside vae_lightning, torch.nn and torch.optim ({untrusted[0]!r}), which loading "
+            f"it would import; nothing was imported. If you trust it, name it in your config too (for a network: "
+            f"--model.encoder {untrusted[0]})."
         )
     if resume and not {"optimizer_states", "loops"} <= keys:
         raise ConfigError(

@@ -11,7 +11,7 @@ from jsonargparse import SUPPRESS
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from vae_lightning import checks
+from vae_lightning import checks, runs
 from vae_lightning.callbacks import CPUSpeed, OutputFolders
 from vae_lightning.checks import check_checkpoint_file, check_continuation, differences
 from vae_lightning.data import MNISTDataModule
@@ -93,7 +93,7 @@ class VAECLI(LightningCLI):
             raise ConfigError(f"{renamed[0]} is now {checks.RENAMED[renamed[0]]}.")
         ckpt_path = settings.get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
-            check_checkpoint_file(ckpt_path, resume=subcommand == "fit")
+            check_checkpoint_file(ckpt_path, resume=subcommand == "fit", trusted=settings.get("model"))
             changed = differences(ckpt_path, "model", settings.get("model", {}))
             if changed:
                 note = f"the model is the checkpoint's, not the config's (--ckpt_path {ckpt_path})"
@@ -103,6 +103,7 @@ class VAECLI(LightningCLI):
         settings = self.config[self.subcommand] if self.subcommand else self.config
         checks.check_settings(settings, self.subcommand)
         CPUSpeed.flush_at_start_up(settings.get("speed"))  # before any network is built
+        self.state["claimed"] = runs.claim_run_folder(settings.get("trainer", {}).get("logger"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -157,8 +158,7 @@ class VAECLI(LightningCLI):
 
 
 def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
-    """Build (and with `run`, execute) the CLI under the package's error policy (`errors.run_command`); tests
-    call it with a list of args and read `.trainer`."""
+    """Build (and with `run`, execute) the CLI under the error policy (`errors.run_command`); tests read `.trainer`."""
     state: dict = {}
 
     def build() -> VAECLI:
@@ -183,12 +183,12 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
                 raise
             raise failure from err
 
-    return run_command("vae-lightning", build, lambda: checks.saved_on_interrupt(state.get("trainer")))
+    with runs.releasing_claimed(state):
+        return run_command("vae-lightning", build, lambda: checks.saved_on_interrupt(state.get("trainer")))
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of `vae-lightning` and `python -m vae_lightning` (every DDP rank runs it): the run, then the
-    process group released, whatever the run's end. `explore` is its own command (no Trainer)."""
+    """`vae-lightning` and `python -m vae_lightning` (every DDP rank): the run, then the process group released."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["explore"]:
         from vae_lightning.explore import main as explore_main

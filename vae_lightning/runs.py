@@ -18,11 +18,13 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from vae_lightning.errors import ConfigError, RunStopped
 
 log = logging.getLogger(__name__)
 # `.<name>.tmp-<pid>` (atomic_path) and `.fetch-<pid>-<random>` (the MNIST fetcher's scratch folder)
+NUMBERED_LOGGERS = (".CSVLogger", ".TensorBoardLogger")  # name their runs' folders version_N in order
 TEMPORARY = re.compile(r"^\.(?:.+\.tmp|fetch)-(\d+)(?:-.*)?$")
 
 
@@ -44,6 +46,53 @@ def planned_run_dir(trainer: Trainer) -> Path | None:
 def run_dir(trainer: Trainer) -> Path:
     """The run's own folder, `<save_dir>/<name>/<version>` of the first logger, else default_root_dir (every rank)."""
     return Path(trainer.strategy.broadcast(str(planned_run_dir(trainer))))
+
+
+def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
+    """For a CSV or TensorBoard logger configured without a `version`: create `<save_dir>/<name>/version_N` now, N
+    the first free number, and set `version: N`, so that runs started together never share a folder (`os.mkdir` is
+    atomic). The new folder and the outermost folder created with it, or None (other loggers, a given version, other
+    ranks: rank 0 holds the run's files)."""
+    if isinstance(logger, list) or not logger or not str(logger.get("class_path", "")).endswith(NUMBERED_LOGGERS):
+        return None
+    args = logger.get("init_args") or {}
+    if args.get("version") is not None or rank_zero_only.rank != 0:
+        return None
+    root = Path(args.get("save_dir") or ".") / str(args.get("name") or "lightning_logs")
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()] if root.is_dir() else []
+    first = max(taken, default=-1) + 1
+    top = highest_missing(check_writable(root / f"version_{first}", "trainer.logger"))
+    root.mkdir(parents=True, exist_ok=True)
+    for version in range(first, first + 1000):
+        try:
+            (root / f"version_{version}").mkdir()
+        except FileExistsError:  # another run took it first
+            continue
+        args["version"] = version
+        return (
+            root / f"version_{version}",
+            top if top and top != root / f"version_{first}" else root / f"version_{version}",
+        )
+    raise RunStopped(f"trainer.logger: no free version_N folder in {root} after 1,000 tries: choose another name.")
+
+
+@contextmanager
+def releasing_claimed(state: dict) -> Iterator[None]:
+    """After the block, remove the folder `state["claimed"]` (`claim_run_folder`) if it holds nothing, or, if the
+    block failed, nothing but its saved config: no empty or half-made run folder is left."""
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        folder, top = state.get("claimed") or (None, None)
+        files = [p.name for p in folder.rglob("*") if p.is_file()] if folder and folder.is_dir() else None
+        if files is not None and (not files or failed and set(files) <= {"config.yaml", "hparams.yaml"}):
+            shutil.rmtree(folder)
+            for parent in folder.parents:  # the folders created with it, while empty (another run may be there)
+                if not parent.is_relative_to(top) or any(parent.iterdir()):
+                    break
+                parent.rmdir()
 
 
 def highest_missing(path: str | os.PathLike) -> Path | None:
