@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, VARIANTS, cli_error, configs
+from conftest import CONFIGS, VARIANTS, cli_error, cli_subprocess, configs
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
@@ -186,6 +186,28 @@ def test_evaluating_without_a_checkpoint_says_the_model_is_untrained(run_cli, ca
     assert "untrained" not in capsys.readouterr().err
 
 
+def test_without_a_terminal_progress_is_a_plain_line_per_epoch_and_each_command_ends_with_its_outputs(
+    tiny_config, tmp_path
+):
+    two = ("--config", CONFIGS / "two_latent.yaml", "--config", tiny_config)
+    out = cli_subprocess(["fit", *two, "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "true"], tmp_path)
+    assert "\x1b[" not in out and "\r" not in out  # no cursor control in a log file
+    lines = out.splitlines()
+    assert sum(line.startswith("epoch 1/2: step 5, ") for line in lines) == 1 and "val/nelbo=" in out
+    run = tmp_path / "logs" / "two_latent" / "version_0"
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    assert lines[-1] == (
+        f"vae-lightning: fit done; outputs in {run}; best by val/nelbo ({float(best.stem.split('nelbo')[1]):.5g}): "
+        f"{best}; test it: vae-lightning test --config {CONFIGS / 'two_latent.yaml'} --config {tiny_config} "
+        f"--ckpt_path {best}"
+    )
+    for command, shown in (("test", "test/nll"), ("validate", "val/nelbo"), ("predict", None)):
+        out = cli_subprocess([command, *two, "--ckpt_path", best], tmp_path)
+        last = out.splitlines()[-1]
+        assert last.startswith(f"vae-lightning: {command} done; outputs in {tmp_path / 'logs' / 'two_latent'}")
+        assert shown is None or f"{shown} " in last
+
+
 def test_a_data_dir_that_is_a_file_is_refused(run_cli, capsys, tiny_config, tmp_path):
     (tmp_path / "a-file").write_text("")
     err = cli_error(
@@ -239,7 +261,7 @@ def bars(cli) -> list:
 def test_the_progress_bar_is_lightning_s_at_its_refresh_rate_and_gives_way(run_cli, tiny_config):
     args = ("--config", CONFIGS / "vanilla.yaml", "--config", tiny_config, "--trainer.enable_progress_bar")
     [bar] = bars(run_cli(*args, "true", run=False))
-    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 10
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 10
     [bar] = bars(run_cli(*args, "true", "--progress_bar.refresh_rate", "4", run=False))
     assert bar.refresh_rate == 4
     assert bars(run_cli(*args, "false", run=False)) == []  # no bar, and no clash with enable_progress_bar

@@ -40,7 +40,7 @@ PIECES: dict[str, dict[str, Any]] = {
     "init": {"class_path": PIECE + "Initialisation"},  # torch's own unless set
     "kl_warmup": {"class_path": PIECE + "KLWarmup"},  # none unless set
     "speed": {"class_path": PIECE + "CPUSpeed", "init_args": {"train_matmul_precision": "medium"}},
-    "progress_bar": {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 10}},
+    "progress_bar": {"class_path": PIECE + "Progress"},  # tqdm on a terminal, else a line per epoch
     "experiments": {"class_path": "vae_lightning.experiments.Experiments"},
     "predictions": {"class_path": PIECE + "LatentWriter"},  # `predict` writes <run>/latents_<split>.pt
 }

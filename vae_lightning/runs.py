@@ -250,3 +250,30 @@ class ConfigToLoggers(SaveConfigCallback):
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": resolved})
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.say_done(
+            trainer, getattr(stage, "value", stage)
+        )  # after a command that ended well, below Lightning's own results table
+
+    def say_done(self, trainer: Trainer, command: str) -> None:
+        """The command's last line (rank 0): where its outputs went and the numbers that decide; after `fit`, the
+        checkpoint kept as best, by which metric, and the command that tests it."""
+        if not trainer.is_global_zero:
+            return
+        said = [f"{command} done; outputs in {self.run_folder}"]
+        if command == "fit":
+            best = [cb for cb in trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path]
+            last = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.checkpoint_callbacks if cb.filename == "last"]
+            if best:
+                said.append(
+                    f"best by {best[0].monitor} ({float(best[0].best_model_score):.5g}): {best[0].best_model_path}"
+                )
+            kept = best[0].best_model_path if best else next((str(p) for p in last if p.is_file()), None)
+            configs = " ".join(f"--config {getattr(p, 'relative', p)}" for p in self.config.get("config") or [])
+            said += [f"test it: vae-lightning test {configs} --ckpt_path {kept}"] if kept else []
+        else:
+            stage = {"validate": "val", "test": "test"}.get(command)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if stage and k.startswith(f"{stage}/")}
+            said += [", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if k.split("/")[1] in ("nelbo", "nll"))]
+        print(f"vae-lightning: {'; '.join(s for s in said if s)}", flush=True)
