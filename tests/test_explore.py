@@ -242,3 +242,35 @@ def test_the_page_s_websocket_sends_each_frame_at_once_and_only_to_its_own_origi
         driver.quit()
         server.io_loop.add_callback(lambda: (server.stop(), server.io_loop.stop()))
         thread.join(timeout=30)
+
+
+def test_bound_beyond_localhost_it_accepts_only_its_own_page_s_origin_and_says_it_is_reachable(
+    run_cli, capsys, tiny_config, tmp_path
+):
+    import asyncio
+    import threading
+
+    from vae_lightning.explore import explore, own_names
+
+    run_cli("fit", *configs(CONFIGS / "two_latent.yaml", tiny_config), "--trainer.max_epochs", "1")
+    checkpoint, port, started = next(tmp_path.glob("logs/**/last.ckpt")), free_port(), {}
+    capsys.readouterr()
+
+    def serve() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        started["server"] = explore(str(checkpoint), host="0.0.0.0", port=port, download=False, run=False)
+        started["server"].io_loop.start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    wait_for(lambda: "server" in started or not thread.is_alive(), what="the explorer's start")
+    try:
+        out = capsys.readouterr().out
+        assert f"at http://{own_names()[0]}:{port}/" in out and "reachable from the network (--host 0.0.0.0)" in out
+        assert websocket_handshake(port, f"http://{own_names()[0]}:{port}") == 101
+        assert websocket_handshake(port, "http://elsewhere.example") == 403  # any other page: refused
+        assert websocket_handshake(port, f"http://elsewhere.example:{port}") == 403
+    finally:
+        server = started["server"]
+        server.io_loop.add_callback(lambda: (server.stop(), server.io_loop.stop()))
+        thread.join(timeout=30)

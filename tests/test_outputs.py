@@ -101,6 +101,30 @@ def test_resuming_on_other_data_is_refused_naming_the_setting(run_cli, capsys, t
     assert f"resuming would continue on other data than the run saw (data.{key}:" in err and "Traceback" not in err
 
 
+CHANGED_ON_RESUME = [
+    (("--model.optimizer.init_args.lr", "0.0001"), "model.optimizer.init_args.lr: 0.001 in the checkpoint, 0.0001 in"),
+    (("--model.optimizer", "torch.optim.SGD", "--model.optimizer.init_args.lr", "0.01"), "model.optimizer: {'class_"),
+    (("--model.lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--model.lr_scheduler.init_args.step_size", "1"),
+     "model.lr_scheduler: None in the checkpoint"),
+    (("--model.objective", "iwae", "--model.train_samples", "2"), "model.objective: 'elbo' in the checkpoint"),
+    (("--model.kl_weight", "0.5"), "model.kl_weight: 1.0 in the checkpoint, 0.5 in the config"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["last", "file"])
+@pytest.mark.parametrize(("change", "named"), CHANGED_ON_RESUME, ids=[c[0][0] for c in CHANGED_ON_RESUME])
+def test_resuming_with_changed_training_settings_is_refused_naming_them(
+    run_cli, capsys, tiny_config, tmp_path, change, named, explicit
+):
+    run_cli("fit", *TWO, "--config", tiny_config, *ONE_EPOCH)
+    last = tmp_path / "logs" / "two_latent" / "version_0" / "checkpoints" / "last.ckpt"
+    args = ("--trainer.max_epochs", "2", "--ckpt_path", str(last) if explicit else "last", *change)
+    err = cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, *args)
+    assert "a resumed fit continues the run as it trained, its optimizer's state and settings included" in err
+    assert named in err and "Traceback" not in err
+    assert not (tmp_path / "logs" / "two_latent" / "version_1").exists()
+
+
 def test_resuming_may_change_epochs_log_cadence_and_evaluation_samples(run_cli, tiny_config, tmp_path):
     run_cli("fit", *TWO, "--config", tiny_config, *ONE_EPOCH)
     resumed = run_cli(

@@ -40,6 +40,16 @@ LIGHTNING = str(Path(lightning.__file__).parent)  # where Lightning's own code l
 DATA_IDENTITY = ("val_size", "seed", "binarize", "checksums")
 # What decides the model a checkpoint holds (LightningCLI puts these over the config under --ckpt_path).
 ARCHITECTURE = ("latent_dim", "encoder", "decoder", "objective", "train_samples", "recon_weight", "kl_weight")
+# What a resumed fit continues as the checkpoint has it (its optimizer's state included), so a config may not change it.
+TRAINING = (
+    "optimizer",
+    "lr_scheduler",
+    "objective",
+    "train_samples",
+    "gradient_estimator",
+    "recon_weight",
+    "kl_weight",
+)
 SECTIONS = {"data": ("datamodule_hyper_parameters", DATA_IDENTITY), "model": ("hyper_parameters", ARCHITECTURE)}
 
 
@@ -189,7 +199,33 @@ def check_checkpoint_file(
             f"{named} holds weights only (no optimizer or loop state), so `fit` cannot resume from it: test or "
             "predict with it, or start a new fit without --ckpt_path."
         )
+    if resume and trusted is not None:
+        check_resume_settings(path, trusted)
     return path
+
+
+def check_resume_settings(path: str | os.PathLike, model_config: Any) -> None:
+    """Refuse resuming a fit with other training settings than the checkpoint's: Lightning would keep its optimizer
+    (state, learning rate) and the model's settings would come from it, so the config's change would be dropped."""
+    hparams, changed = peek(path).get("hyper_parameters") or {}, []
+    for key in [k for k in TRAINING if k in hparams and k in (model_config or {})]:
+        saved, current = _plain(hparams[key]), _plain(model_config[key])
+        if (
+            isinstance(saved, dict)
+            and isinstance(current, dict)
+            and saved.get("class_path") == current.get("class_path")
+        ):
+            saved, current = leaves(saved, f"model.{key}"), leaves(current, f"model.{key}")  # name the argument
+        else:
+            saved, current = {f"model.{key}": saved}, {f"model.{key}": current}
+        changed += [(k, saved.get(k), current.get(k)) for k in saved | current if saved.get(k) != current.get(k)]
+    if changed:
+        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in changed[:3])
+        raise ConfigError(
+            f"--ckpt_path {str(path)!r}: a resumed fit continues the run as it trained, its optimizer's state and "
+            f"settings included, so it cannot take a changed {listed}. Resume with the run's settings (its "
+            "config.yaml), or start a new fit without --ckpt_path."
+        )
 
 
 def checkpoint_score(path: Path) -> float:
@@ -234,6 +270,13 @@ def differences(path: str | os.PathLike, section: str, current: Any) -> list[str
     return [f"{section}.{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in pairs if a != b]
 
 
+def leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """Plain settings as {dotted key: leaf value}, so that a change names the one setting that changed."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {key: leaf for k, v in value.items() for key, leaf in leaves(v, f"{prefix}.{k}").items()}
+
+
 def _plain(value: Any) -> Any:
     """A config value (jsonargparse Namespace, class_path dict) as plain data, class paths by class name."""
     value = value.as_dict() if hasattr(value, "as_dict") else value
@@ -246,7 +289,8 @@ def _plain(value: Any) -> Any:
 
 
 def check_continuation(path: str | os.PathLike, module: nn.Module, model_config: Any, data_hparams: Any = None) -> None:
-    """Refuse a checkpoint whose weights do not fit `module`, or, resuming a fit (`data_hparams`), saw other data."""
+    """Refuse a checkpoint whose weights do not fit `module`, or, resuming a fit (`data_hparams`), saw other data or
+    trained with other settings."""
     if data_hparams is not None and (changed := differences(path, "data", data_hparams)):
         raise ConfigError(
             f"--ckpt_path {str(path)!r}: resuming would continue on other data than the run saw "
@@ -266,6 +310,8 @@ def check_continuation(path: str | os.PathLike, module: nn.Module, model_config:
             + f": {'; '.join(problems[:8])}. Use the config the checkpoint was trained with (its config.yaml), "
             "or load it without a config: VAELitModule.load_from_checkpoint(path)."
         )
+    if data_hparams is not None:
+        check_resume_settings(path, model_config)
 
 
 def build_error(err: BaseException) -> ConfigError:

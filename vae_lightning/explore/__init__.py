@@ -1,7 +1,9 @@
 """`vae-lightning explore --ckpt_path CKPT`: a checkpoint's latent space over a split of MNIST as it saw it, in a
 Bokeh page (the `explore` extra): latent map, traversal, interpolation, prior samples, each judged by a classifier."""
 
+import ipaddress
 import os
+import socket
 from typing import Literal
 
 import torch
@@ -51,14 +53,22 @@ def explore(
         model, _, datamodule = load_checkpoint(ckpt_path, device, data_dir, download=download, predict_split=split)
         images, labels = datamodule.splits[split]
         data = ExperimentData(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
-        origins = ["*"] if host in ("0.0.0.0", "::") else [f"{h}:{port}" for h in (host, "localhost", "127.0.0.1")]
+        names = own_names() if host in ("0.0.0.0", "::") else [host]  # the addresses a page of ours comes from
+        origins = [f"{h}:{port}" for h in (*names, "localhost", "127.0.0.1")]
         server = serve(sockets, origins, model=model, data=data, split=split, max_sliders=max_sliders)
     except BaseException:
         for listening in sockets:
             listening.close()
         raise
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{names[0]}]" if ":" in names[0] else names[0]
     print(f"vae-lightning explore: serving {ckpt_path} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+    if not loopback(host):
+        print(
+            f"vae-lightning explore: note: reachable from the network (--host {host}): whoever reaches this address "
+            "can open the page and see the images; pages of other origins are refused. --host 127.0.0.1 keeps it "
+            "on this machine.",
+            flush=True,
+        )
     if not run:
         return server
     # one thread answers a request at once, where a team would wait for cores another program (a training run) holds
@@ -67,6 +77,25 @@ def explore(
         server.io_loop.start()
     finally:
         server.stop()
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is this machine's loopback: a page there is not reachable from others."""
+    try:
+        return ipaddress.ip_address(host if ":" in host else socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def own_names() -> list[str]:
+    """The origins of a page opened on this machine from the network: its addresses (other than loopback) first,
+    then its names."""
+    name = socket.gethostname()
+    try:
+        addresses = [a for a in socket.gethostbyname_ex(name)[2] if not loopback(a)]
+    except OSError:  # a name the resolver does not know: the page can still come by the name itself
+        addresses = []
+    return list(dict.fromkeys([*addresses, name, socket.getfqdn()]))
 
 
 def main(args: list[str] | None = None) -> None:
