@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, machine, relative
+from common import REPO, machine, relative, writable
 from lightning.pytorch import Callback
 
 PIXELS, EPOCH_IMAGES = 784, 60_000
@@ -428,6 +428,10 @@ def main() -> None:
         parser.error("--epochs must be at least 2: the first epoch of every run is warm-up")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    if args.json is not None:
+        writable(parser, "--json", file=args.json)
+    if args.nll_checkpoint is not None and not args.nll_checkpoint.is_file():
+        parser.error(f"--nll-checkpoint {args.nll_checkpoint}: no such file")
 
     from vae_lightning.data.files import default_data_dir, ensure_mnist
 

@@ -20,6 +20,20 @@ def relative(path: str | os.PathLike) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def writable(parser, flag: str, folder: Path | None = None, file: Path | None = None) -> None:
+    """Refuse (parser.error, exit 2) an output `folder`, or the folder of an output `file`, that cannot be created
+    or written, before any long step: a run must not end by finding out. Nothing is created."""
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.runs import check_writable
+
+    try:
+        if file is not None and Path(file).is_dir():
+            raise ConfigError(f"{flag}: {str(file)!r} is a folder; name a file")
+        check_writable(folder if folder is not None else Path(file).resolve().parent, flag)
+    except ConfigError as err:
+        parser.error(str(err))
+
+
 def command(name: str) -> str:
     """A console script of the package, from the same environment as this Python."""
     return str(Path(sys.executable).parent / name)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, writable
 
 ROUND_TRIPS = """const [name, rounds, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
 const doc = Bokeh.documents[0], slider = doc.get_model_by_name(name);
@@ -61,6 +61,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--screenshot", type=Path, default=None, help="also save a PNG of the whole page")
     args = parser.parse_args()
+    if not Path(args.ckpt_path).is_file():
+        parser.error(f"--ckpt_path {args.ckpt_path}: no such file")
+    if args.screenshot is not None:
+        writable(parser, "--screenshot", file=args.screenshot)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from browser import READY, SLIDERS, browser, free_port, start_explorer, wait_for
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, command, config_args, latest_version, logged_metrics, machine, relative, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, relative, run, writable
 
 # The dry run: every step on the CPU with a few batches, so a test can run the script end to end in minutes.
 TINY = [
@@ -79,6 +79,7 @@ def main() -> None:
 
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA GPU is visible: run it on a machine with one, or check the steps with --dry-run")
+    writable(parser, "--out", args.out)
     device = "cpu" if args.dry_run else "cuda"
     trainer = ["--trainer.accelerator", "cpu"] if args.dry_run else ["--config", "configs/trainer/gpu.yaml"]
     data = ["--data.data_dir", args.data_dir] if args.data_dir else []

@@ -19,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-from common import command, latest_version, logged_metrics, machine, relative, run
+from common import command, latest_version, logged_metrics, machine, relative, run, writable
 
 
 def epoch_of(path: Path) -> int:
@@ -50,10 +50,15 @@ def main() -> None:
     # the test commands run from the repository root (common.run): paths given from elsewhere made absolute
     args.config = [str(Path(c).resolve()) if Path(c).exists() else c for c in args.config]
     args.checkpoints, args.workdir, args.out = (p.resolve() for p in (args.checkpoints, args.workdir, args.out))
-    start = datetime.datetime.fromisoformat(args.start.strip()).timestamp()
+    writable(parser, "--out", args.out)
+    writable(parser, "--workdir", args.workdir)
+    try:
+        start = datetime.datetime.fromisoformat(args.start.strip()).timestamp()
+    except ValueError:
+        parser.error(f"--start {args.start!r}: not an ISO date and time (e.g. 2026-12-04T15:09:00)")
     checkpoints = sorted(args.checkpoints.glob("*.ckpt"), key=epoch_of)
     if not checkpoints:
-        raise SystemExit(f"{args.checkpoints}: no .ckpt files")
+        parser.error(f"--checkpoints {args.checkpoints}: no .ckpt files")
     logs = args.workdir / args.name
     points = []
     for path in checkpoints:

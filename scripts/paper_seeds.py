@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from common import machine, relative
+from common import machine, relative, writable
 
 
 def read_run(folder: Path) -> dict:
@@ -79,6 +79,7 @@ def main() -> None:
         parser.error(f"--config {args.config}: no such file")
     if args.keep is not None and not args.keep.is_file():
         parser.error(f"--keep {args.keep}: no such file")
+    writable(parser, "--out", file=args.out.with_suffix(".json"))
     kept = json.loads(args.keep.read_text())["runs"] if args.keep else []
     runs = [run for run in kept if run["name"] not in args.runs] + [read_run(args.logs / name) for name in args.runs]
     nll = [run["test"]["test/nll"] for run in runs]

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from common import REPO, command, latest_version, logged_metrics, machine, relative, run
+from common import REPO, command, latest_version, logged_metrics, machine, relative, run, writable
 
 SWEEP = REPO / "configs" / "sweeps" / "beta.yaml"
 
@@ -147,13 +147,29 @@ def main() -> None:
     for path in (args.sweep, *args.config):
         if not Path(path).is_file():
             parser.error(f"no such file: {path}")
+    writable(parser, "--output", args.output)
+    writable(parser, "--workdir", args.workdir)
     configs, betas, latents = sweep_grid(args.sweep)
     configs += [str(Path(path).resolve()) for path in args.config]  # the fits run from the repository root
     grid = [(b, size) for size in (args.latents or latents) for b in (args.betas or betas)]
+    betas, sizes = sorted({b for b, _ in grid}), sorted({size for _, size in grid})
+    if bad := [f"beta {b:g}" for b in betas if b < 0] + [f"{size} latents" for size in sizes if size < 1]:
+        parser.error(f"the grid holds {', '.join(bad)}: betas must be >= 0 (model.kl_weight), latents >= 1")
     start = time.perf_counter()
+
+    def attempt(point: tuple[float, int]) -> dict:  # a failed point is named at the end; the others still run
+        try:
+            return one_point(configs, *point, args, args.workdir)
+        except SystemExit as failed:
+            print(f"[latent{point[1]}_beta{point[0]:g}] {failed}", flush=True)
+            return {"beta": point[0], "latent_dim": point[1], "failed": str(failed)}
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        points = list(pool.map(lambda p: one_point(configs, *p, args, args.workdir), grid))
+        results = list(pool.map(attempt, grid))
+    points, failed = [p for p in results if "failed" not in p], [p for p in results if "failed" in p]
     seconds = time.perf_counter() - start
+    if not points:
+        sys.exit(f"every point failed; the first: {failed[0]['failed']}")
     args.output.mkdir(parents=True, exist_ok=True)
     record = {
         "date": datetime.date.today().isoformat(),
@@ -167,12 +183,15 @@ def main() -> None:
         "threads_per_job": args.threads,
         "wall_seconds": round(seconds, 1),
         "points": points,
+        "failed": failed,
     }
     (args.output / "rate_distortion.json").write_text(json.dumps(record, indent=1) + "\n")
     draw(points, args.output / "rate_distortion.png")
     print(
         f"{len(points)} points in {seconds / 60:.1f} min: {args.output / 'rate_distortion.json'}, rate_distortion.png"
     )
+    if failed:
+        sys.exit(f"{len(failed)} of {len(grid)} points failed (named above and in the JSON's 'failed'): see their logs")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO, command, config_args, latest_version, logged_metrics, machine, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, run, writable
 
 # name -> (config, extra CLI arguments, what it is)
 RUNS: dict[str, tuple[str, list[str], str]] = {
@@ -403,6 +403,8 @@ def main() -> None:
         "--beside", type=Path, default=None, help="an earlier report folder: its numbers next to these, claim by claim"
     )
     args = parser.parse_args()
+    writable(parser, "--output", args.output)
+    writable(parser, "--workdir", args.workdir)
     arguments = " ".join(sys.argv[1:])
     start = time.perf_counter()
     by_seed, runs, classifier = {}, {name: {"val_nelbo": []} for name in args.runs}, None

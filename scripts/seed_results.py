@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import yaml
-from common import REPO, command, config_args, latest_version, logged_metrics, machine, run
+from common import REPO, command, config_args, latest_version, logged_metrics, machine, run, writable
 
 # name -> (variant config, extra CLI arguments)
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="JSON file for the records")
     parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "seed_results")
     args = parser.parse_args()
+    writable(parser, "--output", file=args.output)
+    writable(parser, "--workdir", args.workdir)
     cli = [command("vae-lightning")]
     records = []
     for name in args.runs:

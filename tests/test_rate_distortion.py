@@ -31,3 +31,20 @@ def test_the_script_fits_tests_and_measures_each_point_and_draws_the_plane(tiny_
         assert p["nll"] < p["nelbo"] and p["active_units"] <= 2 and 0 <= p["knn_accuracy"] <= 1
         assert os.path.isfile(p["checkpoint"])
     assert (out / "rate_distortion.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_failed_point_is_named_at_the_end_and_the_others_are_written(tiny_config, tmp_path):
+    out = tmp_path / "out"  # 10^11 latents cannot be built: that point fails at once, the other completes
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "rate_distortion.py"), "--config", str(tiny_config),
+         "--betas", "1", "--latents", "2", "100000000000", "--epochs", "1", "--nll-samples", "4",
+         "--output", str(out), "--workdir", str(tmp_path / "work")],
+        env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "1 of 2 points failed (named above and in the JSON's 'failed')" in done.stderr
+    record = json.loads((out / "rate_distortion.json").read_text())
+    assert [p["latent_dim"] for p in record["points"]] == [2]
+    assert [p["latent_dim"] for p in record["failed"]] == [100000000000]
+    assert "latent100000000000_beta1" in record["failed"][0]["failed"] or "fit.log" in record["failed"][0]["failed"]
