@@ -109,6 +109,7 @@ def test_checkpointing_switched_off_runs_without_checkpoint_callbacks(run_cli, t
 # (arguments of `vae-lightning-experiments` after --ckpt_path and --output_dir, text the message must hold): a
 # setting of the wrong type is refused as the flags are parsed (jsonargparse's usage and error), the rest as one line
 EXPERIMENTS_BAD_INPUT = [
+    (("--experiments", "[]"), "--experiments []: names no experiment, so there is nothing to run"),
     (("--device", "cuda"), "--device cuda: this machine has no usable CUDA GPU"),
     (("--output_dir", "{tmp}/a-file"), "--output_dir: '{tmp}/a-file' is a file, not a folder"),
     (("--experiments", "[bogus]"), "--experiments ['bogus'] unknown"),

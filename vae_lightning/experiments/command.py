@@ -62,11 +62,16 @@ def run_experiments(
         output_dir: folder for the PNG files and measures.json.
         data_dir: MNIST folder (default: the one the data module would use).
         download: fetch MNIST if missing.
-        experiments: names to run (default: every one that fits the model).
+        experiments: names to run (default: every one that fits the model; `[]`: none, as in a fit).
         device: `auto`, `cpu` or `cuda`.
         overwrite: replace an earlier measures.json and figures in output_dir.
         settings: configured experiments by name (others: each with its defaults).
     """
+    if experiments is not None and not experiments:  # as `experiments.names: []` in a fit: none
+        raise ConfigError(
+            "--experiments []: names no experiment, so there is nothing to run; name some, or leave the flag out "
+            "for every one."
+        )
     names = experiments or list(EXPERIMENTS)
     if unknown := sorted(set(names) - set(EXPERIMENTS)):
         raise ConfigError(f"--experiments {unknown} unknown: choose from {list(EXPERIMENTS)}.")
