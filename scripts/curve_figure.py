@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from common import writable
 from nll_curve import draw
 
 
@@ -18,6 +19,10 @@ def main() -> None:
     parser.add_argument("record", type=Path, help="<name>_curve.json; the figure goes beside it as <name>_curve.png")
     parser.add_argument("--beside", nargs="*", default=[], help="LABEL=JSON: other curves, drawn in grey")
     args = parser.parse_args()
+    for path in [args.record, *(item.partition("=")[2] for item in args.beside)]:
+        if path and not Path(path).is_file():
+            parser.error(f"{path}: no such file")
+    writable(parser, "record", file=args.record.with_suffix(".png"))
     beside = {}
     for item in args.beside:
         label, _, path = item.partition("=")

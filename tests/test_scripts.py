@@ -27,6 +27,7 @@ BAD_ARGUMENTS = [
     ("nll_curve.py", ["--checkpoints", ".", "--start", "yesterday", "--name", "x", "--config", "configs/vanilla.yaml"],
      "--start 'yesterday': not an ISO date"),
     ("explore_latency.py", ["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+    ("curve_figure.py", ["missing_curve.json"], "missing_curve.json: no such file"),
 ]  # fmt: skip
 
 
