@@ -61,7 +61,8 @@ def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
     root = Path(args.get("save_dir") or ".") / str(args.get("name") or "lightning_logs")
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()] if root.is_dir() else []
     first = max(taken, default=-1) + 1
-    top = highest_missing(check_writable(root / f"version_{first}", "trainer.logger"))
+    check_writable(root / f"version_{first}", "trainer.logger")
+    created = highest_missing(root)  # the outermost folder above the run's that this creates, if any
     root.mkdir(parents=True, exist_ok=True)
     for version in range(first, first + 1000):
         try:
@@ -69,10 +70,7 @@ def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
         except FileExistsError:  # another run took it first
             continue
         args["version"] = version
-        return (
-            root / f"version_{version}",
-            top if top and top != root / f"version_{first}" else root / f"version_{version}",
-        )
+        return root / f"version_{version}", created or root / f"version_{version}"
     raise RunStopped(f"trainer.logger: no free version_N folder in {root} after 1,000 tries: choose another name.")
 
 
@@ -198,8 +196,8 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 class CLITrainer(lightning.pytorch.Trainer):
     """Lightning's Trainer with `limit_*_batches` typed int first: Lightning's `Optional[Union[int, float]]` reaches
-    the parser as float first (typing caches equal unions), so `--trainer.limit_train_batches 1` read 1.0, every
-    batch. Here 1 is one batch, 1.0 all of them, 0.25 a quarter."""
+    the parser as float first (typing caches equal unions), which would turn `--trainer.limit_train_batches 1` into
+    1.0, every batch. Here 1 is one batch, 1.0 all of them, 0.25 a quarter."""
 
     def __init__(
         self,
