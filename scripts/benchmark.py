@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import statistics
@@ -54,22 +55,25 @@ PAPER_CONFIG = REPO / "configs" / "paper" / "vae_k1.yaml"
 
 
 # ---------------------------------------------------------------------------------------------- (c)
-def gemm_peak(device: torch.device, sizes: list[int], precision: str = "highest", repeats: int = 5) -> dict:
-    """Best median float32 GFLOP/s of square matmuls at `torch.set_float32_matmul_precision(precision)`
-    ("highest": the full-precision peak; "medium": bfloat16 inputs allowed, float32 accumulation)."""
+def gemm_peak(
+    device: torch.device, sizes: list[int], precision: str = "highest", repeats: int = 5, dtype=torch.float32
+) -> dict:
+    """Best median GFLOP/s of square matmuls of `dtype` at `torch.set_float32_matmul_precision(precision)`
+    ("highest": the full-precision float32 peak; "medium": bfloat16 inputs allowed, float32 accumulation;
+    `dtype=torch.bfloat16`: bfloat16 in and out, what the processor's bfloat16 units give, if it has any)."""
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        return _gemm_peak(device, sizes, repeats)
+        return _gemm_peak(device, sizes, repeats, dtype)
     finally:
         torch.set_float32_matmul_precision(before)
 
 
-def _gemm_peak(device: torch.device, sizes: list[int], repeats: int) -> dict:
+def _gemm_peak(device: torch.device, sizes: list[int], repeats: int, dtype=torch.float32) -> dict:
     best = {"gflops": 0.0, "size": 0}
     for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        out = torch.empty(n, n, device=device)
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        out = torch.empty(n, n, device=device, dtype=dtype)
         times = []
         for _ in range(repeats + 1):  # the first is warm-up
             sync(device)
@@ -379,6 +383,13 @@ def run_reference(args, seed: int) -> list[dict]:
         )
 
 
+def run_pythae(args, seed: int) -> list[dict]:
+    """(p): pythae's BaseTrainer on the same model and data split (`pythae_vae.py`; the `bench` extra)."""
+    import pythae_vae
+
+    return pythae_vae.run(args.data_dir, args.epochs, args.batch_size, args.device, seed, args.limit_batches)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def train_s_per_epoch(epoch: dict) -> float:
     """An epoch's training seconds per 60,000 images (the package trains on 55,000)."""
@@ -393,12 +404,22 @@ def summarise(runs: list[list[dict]]) -> tuple[float, float]:
     return train, statistics.median(e["epoch_s"] - e["train_s"] for e in epochs)
 
 
+def run_medians(runs: list[list[dict]]) -> list[float]:
+    """Each run's median training seconds per 60,000 images, its first epoch left out: the spread over rounds."""
+    return [statistics.median(train_s_per_epoch(e) for e in run[1:]) for run in runs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first of each is warm-up")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of (a) and of (b), alternated")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="rounds: runs of each loop, alternated (default 2; 5 with --peers)"
+    )
+    parser.add_argument(
+        "--peers", action="store_true", help="also time (p), pythae's BaseTrainer (the `bench` extra), in every round"
+    )
     parser.add_argument("--skip-reference", action="store_true", help="time (b) and (c) only")
     parser.add_argument(
         "--skip-full-precision",
@@ -424,6 +445,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the CLI runs from `package_args` alone
+    args.repeats = args.repeats or (5 if args.peers else 2)
+    if args.peers and importlib.util.find_spec("pythae") is None:
+        parser.error('--peers needs pythae: pip install -e ".[bench]"')
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch of every run is warm-up")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -446,10 +470,12 @@ def main() -> None:
     arms = {"package": None}  # arm -> the train_matmul_precision it overrides the config's with
     if precision != "highest" and not args.skip_full_precision:
         arms["package_full_float32"] = "highest"
-    runs: dict[str, list[list[dict]]] = {"reference": [], **{arm: [] for arm in arms}}
-    losses: dict[str, list[float]] = {arm: [] for arm in runs}
+    loops = ([] if args.skip_reference else ["reference"]) + (["pythae"] if args.peers else []) + list(arms)
+    runs: dict[str, list[list[dict]]] = {loop: [] for loop in loops}
+    losses: dict[str, list[float]] = {loop: [] for loop in loops}
     names = {
         "reference": "(a) pytorch/examples vae loop",
+        "pythae": "(p) pythae BaseTrainer",
         "package": f"(b) vae-lightning fit ({precision})",
         "package_full_float32": "(b32) the same at highest",
     }
@@ -463,14 +489,18 @@ def main() -> None:
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            if not args.skip_reference:
-                epochs = run_reference(args, seed=1 + repeat)
-                record("reference", repeat, epochs, epochs[-1]["train_loss"])
-            for arm, override in arms.items():
-                epochs, loss, last = run_package(args, Path(tmp), seed=42 + repeat, precision=override)
-                record(arm, repeat, epochs, loss)
-                if arm == "package":
-                    checkpoint = last
+            shift = repeat % len(loops)  # each loop opens a round in turn: none always meets the machine first
+            for arm in loops[shift:] + loops[:shift]:
+                if arm == "reference":
+                    epochs = run_reference(args, seed=1 + repeat)
+                    record(arm, repeat, epochs, epochs[-1]["train_loss"])
+                elif arm == "pythae":
+                    epochs = run_pythae(args, seed=1 + repeat)
+                    record(arm, repeat, epochs, epochs[-1]["train_loss"])
+                else:
+                    epochs, loss, last = run_package(args, Path(tmp), seed=42 + repeat, precision=arms[arm])
+                    record(arm, repeat, epochs, loss)
+                    checkpoint = last if arm == "package" else checkpoint
         sizes = gemm_sizes(device)
         gemm = gemm_train = gemm_peak(device, sizes)
         print(f"(c) GEMM peak: {gemm['gflops']:.1f} GFLOP/s (float32, {gemm['size']}^3, full precision)", flush=True)
@@ -481,6 +511,9 @@ def main() -> None:
                 f"(float32 in and out, {gemm_train['size']}^3)",
                 flush=True,
             )
+        # a CPU without bfloat16 units emulates them (about 1 GFLOP/s on an AVX2 EPYC): one size there
+        gemm_bf16 = gemm_peak(device, sizes if device.type == "cuda" else sizes[:1], dtype=torch.bfloat16)
+        print(f"(c) GEMM peak in bfloat16: {gemm_bf16['gflops']:.1f} GFLOP/s ({gemm_bf16['size']}^3)", flush=True)
         nll = run_nll(args, Path(tmp), checkpoint) if args.nll_samples else None
 
     flops = train_flops_per_image(VANILLA_LAYERS) * EPOCH_IMAGES
@@ -498,9 +531,15 @@ def main() -> None:
         "data": "continuous pixels x/255, BCE summed over pixels + KL, mean per image",
         "train_matmul_precision": precision,
         **{
-            arm: {"train_s_per_epoch": train, "eval_s_per_epoch": evaluation, "final_train_loss": losses[arm]}
+            arm: {
+                "train_s_per_epoch": train,
+                "train_s_per_epoch_by_round": run_medians(runs[arm]),
+                "eval_s_per_epoch": evaluation,
+                "final_train_loss": losses[arm],
+            }
             for arm, (train, evaluation) in timed.items()
         },
+        "gemm_peak_bfloat16_gflops": gemm_bf16["gflops"],
         "gemm_peak_gflops": gemm["gflops"],
         "model_gflop_per_epoch": flops / 1e9,
         "roofline_s_per_epoch": roofline_s,
@@ -510,18 +549,26 @@ def main() -> None:
     }
     if "reference" in timed:
         result["speedup"] = timed["reference"][0] / b
+    if "pythae" in timed:
+        result["speedup_over_pythae"] = timed["pythae"][0] / b
     if b32:
         result["roofline_fraction_full_float32"] = roofline_s / b32
     if nll:
         result["test_nll"] = nll
 
     print()
-    print(f"{'':34}{'s/epoch':>9}{'eval s':>9}{'final train loss':>20}")
+    print(f"machine: {machine()}; {args.repeats} rounds, medians of epochs 2-{args.epochs} of each run")
+    print(f"{'':34}{'s/epoch':>9}{'rounds, min-max':>18}{'eval s':>9}{'final train loss':>20}")
     for arm, (train, evaluation) in timed.items():
-        print(f"{names[arm]:34}{train:9.2f}{evaluation:9.2f}{statistics.fmean(losses[arm]):20.2f}")
+        low, high = min(run_medians(runs[arm])), max(run_medians(runs[arm]))
+        loss = statistics.fmean(losses[arm])
+        print(f"{names[arm]:34}{train:9.2f}{f'{low:.2f}-{high:.2f}':>18}{evaluation:9.2f}{loss:20.2f}")
     if "reference" in timed:
         a = timed["reference"][0]
         print(f"speed-up (a)/(b): {a / b:.2f}x" + (f", (a)/(b32): {a / b32:.2f}x" if b32 else ""))
+    if "pythae" in timed:
+        print(f"speed-up (p)/(b): {timed['pythae'][0] / b:.2f}x")
+    print(f"GEMM peaks: float32 {gemm['gflops']:.0f}, bfloat16 {gemm_bf16['gflops']:.0f} GFLOP/s")
     print(
         f"roofline: {flops / 1e9:.1f} GFLOP per epoch / {gemm['gflops']:.1f} GFLOP/s (full precision) = "
         f"{roofline_s:.2f} s; (b) reaches {roofline_s / b:.0%} of it"

@@ -75,15 +75,17 @@ def logged_metrics(version_dir: Path) -> dict[str, float]:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
+    """The processor (its name, the vector instructions torch's kernels use, bfloat16 units), cores, GPU, torch."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        info = []
+    names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    model = names[0] if names else platform.processor() or platform.machine()
     import torch
 
+    units = [name for flag, name in (("avx512_bf16", "AVX-512 bfloat16"), ("amx_bf16", "AMX")) if flag in flags]
+    model += f" ({', '.join([torch.backends.cpu.get_cpu_capability(), *units])})"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{model}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"

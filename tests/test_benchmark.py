@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from conftest import REPO
 
@@ -38,6 +39,7 @@ def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_m
             "8",
             "--nll-samples",
             "4",
+            "--peers",
             "--json",
             str(out),
         ],
@@ -49,9 +51,13 @@ def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_m
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert json.loads(done.stdout.strip().splitlines()[-1]) == result  # the last line printed is the JSON
-    a, b, b32 = result["reference"], result["package"], result["package_full_float32"]
+    a, b, b32, p = result["reference"], result["package"], result["package_full_float32"], result["pythae"]
     assert result["train_matmul_precision"] == "medium"  # the vanilla config's, so (b32) ran at "highest"
     assert result["speedup"] == pytest.approx(a["train_s_per_epoch"] / b["train_s_per_epoch"])
+    assert result["speedup_over_pythae"] == pytest.approx(p["train_s_per_epoch"] / b["train_s_per_epoch"])
+    assert p["train_s_per_epoch_by_round"] == [p["train_s_per_epoch"]]  # one round: its median is the median
+    assert result["gemm_peak_bfloat16_gflops"] > 0
+    assert f"({torch.backends.cpu.get_cpu_capability()}" in result["machine"]  # the processor's kind is named
     gflop = result["model_gflop_per_epoch"]
     assert result["roofline_fraction"] == pytest.approx(gflop / (b["train_s_per_epoch"] * result["gemm_peak_gflops"]))
     assert result["roofline_fraction_full_float32"] == pytest.approx(
@@ -60,7 +66,7 @@ def test_a_short_benchmark_runs_every_loop_and_reports_consistent_numbers(real_m
     assert result["roofline_fraction_train_precision"] == pytest.approx(
         gflop / (b["train_s_per_epoch"] * result["gemm_peak_train_precision_gflops"])
     )
-    for arm in (a, b, b32):
+    for arm in (a, b, b32, p):
         assert 100 < arm["final_train_loss"][0] < 550  # nats per image
     nll = result["test_nll"]
     assert nll["k"] == 4 and nll["images"] == 8 * 1000 and nll["seconds"] > 0 and nll["peak_memory_mb"] > 0

@@ -217,6 +217,9 @@ def test_a_claimed_run_folder_is_released_when_the_command_fails_or_writes_nothi
     assert not (tmp_path / "logs").exists()  # nothing left of the folder claimed for the run
     run_cli("fit", *TWO, "--config", tiny_config, "--trainer.fast_dev_run", "true")  # writes no files
     assert not (tmp_path / "logs").exists()
+    relative = ("--trainer.logger.init_args.save_dir", "relative_logs")  # below the working folder, tmp_path
+    cli_error(run_cli, capsys, "fit", *TWO, "--config", tiny_config, *relative, "--checkpoint.monitor", "val/nope")
+    assert not (tmp_path / "relative_logs").exists()
 
 
 def test_a_temporary_file_left_by_a_killed_save_is_cleaned_up_by_the_next_run(run_cli, tiny_config, tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 import lightning
 import torch
 import yaml
-from jsonargparse import Namespace, namespace_to_dict
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -38,18 +38,11 @@ RENAMED = {
 LIGHTNING = str(Path(lightning.__file__).parent)  # where Lightning's own code lives
 # What decides which images a run trains and validates on, and what their pixels are.
 DATA_IDENTITY = ("val_size", "seed", "binarize", "checksums")
+LOSS = ("objective", "train_samples", "recon_weight", "kl_weight")
 # What decides the model a checkpoint holds (LightningCLI puts these over the config under --ckpt_path).
-ARCHITECTURE = ("latent_dim", "encoder", "decoder", "objective", "train_samples", "recon_weight", "kl_weight")
+ARCHITECTURE = ("latent_dim", "encoder", "decoder", *LOSS)
 # What a resumed fit continues as the checkpoint has it (its optimizer's state included), so a config may not change it.
-TRAINING = (
-    "optimizer",
-    "lr_scheduler",
-    "objective",
-    "train_samples",
-    "gradient_estimator",
-    "recon_weight",
-    "kl_weight",
-)
+TRAINING = ("optimizer", "lr_scheduler", "gradient_estimator", *LOSS)
 SECTIONS = {"data": ("datamodule_hyper_parameters", DATA_IDENTITY), "model": ("hyper_parameters", ARCHITECTURE)}
 
 
@@ -141,21 +134,18 @@ TRUSTED_CODE = ("vae_lightning.", "torch.nn.", "torch.optim.", "lightning.pytorc
 
 def named_code(value: Any) -> list[str]:
     """Every class or function path nested in settings (`class_path`, Lightning's `_instantiator`), as strings."""
-    if isinstance(value, Namespace):
-        value = namespace_to_dict(value)
+    value = value.as_dict() if isinstance(value, Namespace) else value
     if isinstance(value, dict):
-        return [v for k, v in value.items() if k in ("class_path", "_instantiator") and isinstance(v, str)] + [
-            path for k, v in value.items() if k not in ("class_path", "_instantiator") for path in named_code(v)
-        ]
+        named = [v for k, v in value.items() if k in ("class_path", "_instantiator") and isinstance(v, str)]
+        return named + named_code(list(value.values()))
     return [path for item in value for path in named_code(item)] if isinstance(value, (list, tuple)) else []
 
 
 def check_checkpoint_file(
     path: str | os.PathLike, field: str = "--ckpt_path", resume: bool = False, trusted: Any = None
 ) -> Path:
-    """Refuse a missing, damaged, code-carrying or non-Lightning checkpoint; with `resume`, one of weights only. Its
-    class paths are read as strings, before anything imports them: only the package's, torch's networks and
-    optimizers, and those the config (`trusted`) names itself."""
+    """Refuse a missing, damaged or non-Lightning checkpoint, or one naming code beyond `TRUSTED_CODE` and what the
+    config (`trusted`) names itself (class paths read as strings, before any import); with `resume`, weights only."""
     path, named = Path(path), f"{field} {str(path)!r}"
     if not path.is_file():
         raise ConfigError(f"{named} is not a file: point it at a .ckpt written by `vae-lightning fit`.")
@@ -185,10 +175,8 @@ def check_checkpoint_file(
             "pytorch-lightning_version): point it at a .ckpt written by `vae-lightning fit`, or load a bare "
             "state_dict in Python with model.load_state_dict(torch.load(path))."
         )
-    settings = [checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")]
-    if untrusted := [
-        p for p in named_code(settings) if not p.startswith(TRUSTED_CODE) and p not in named_code(trusted)
-    ]:
+    named_there = named_code([checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")])
+    if untrusted := [p for p in named_there if not p.startswith(TRUSTED_CODE) and p not in named_code(trusted)]:
         raise ConfigError(
             f"{named} names code outside vae_lightning, torch.nn and torch.optim ({untrusted[0]!r}), which loading "
             f"it would import; nothing was imported. If you trust it, name it in your config too (for a network: "
@@ -207,24 +195,11 @@ def check_checkpoint_file(
 def check_resume_settings(path: str | os.PathLike, model_config: Any) -> None:
     """Refuse resuming a fit with other training settings than the checkpoint's: Lightning would keep its optimizer
     (state, learning rate) and the model's settings would come from it, so the config's change would be dropped."""
-    hparams, changed = peek(path).get("hyper_parameters") or {}, []
-    for key in [k for k in TRAINING if k in hparams and k in (model_config or {})]:
-        saved, current = _plain(hparams[key]), _plain(model_config[key])
-        if (
-            isinstance(saved, dict)
-            and isinstance(current, dict)
-            and saved.get("class_path") == current.get("class_path")
-        ):
-            saved, current = leaves(saved, f"model.{key}"), leaves(current, f"model.{key}")  # name the argument
-        else:
-            saved, current = {f"model.{key}": saved}, {f"model.{key}": current}
-        changed += [(k, saved.get(k), current.get(k)) for k in saved | current if saved.get(k) != current.get(k)]
-    if changed:
-        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in changed[:3])
+    if changed := differences(path, "model", model_config, TRAINING):
         raise ConfigError(
             f"--ckpt_path {str(path)!r}: a resumed fit continues the run as it trained, its optimizer's state and "
-            f"settings included, so it cannot take a changed {listed}. Resume with the run's settings (its "
-            "config.yaml), or start a new fit without --ckpt_path."
+            f"settings included, so it cannot take a changed {'; '.join(changed[:3])}. Resume with the run's "
+            "settings (its config.yaml), or start a new fit without --ckpt_path."
         )
 
 
@@ -235,8 +210,8 @@ def checkpoint_score(path: Path) -> float:
     except Exception:  # unreadable: last choice (check_checkpoint_file names the problem if it is chosen)
         return math.inf
     for key, state in states.items():
-        if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
-            return -float(state["current_score"]) if "'mode': 'max'" in key else float(state["current_score"])
+        if key.startswith("ModelCheckpoint") and (score := state.get("current_score")) is not None:
+            return -float(score) if "'mode': 'max'" in key else float(score)
     return math.inf
 
 
@@ -259,22 +234,24 @@ def resolve_checkpoint(trainer: Trainer, kind: str, subcommand: str) -> Path:
         chosen = min((path for path in found if path.parent == chosen.parent), key=checkpoint_score)
     what = "Resuming from {} (the newest last.ckpt under {})" if kind == "last" else "Using {} (the best under {})"
     print(f"vae-lightning: {what.format(chosen, where)}", file=sys.stderr)
-    return check_checkpoint_file(chosen, f"--ckpt_path {kind} ({chosen})", resume=subcommand == "fit")
+    return check_checkpoint_file(chosen, f"--ckpt_path {kind}", resume=subcommand == "fit")
 
 
-def differences(path: str | os.PathLike, section: str, current: Any) -> list[str]:
-    """Where checkpoint `path` and the `current` settings differ in what decides the `section` ("data", "model")."""
-    key, names = SECTIONS[section]
+def differences(path: str | os.PathLike, section: str, current: Any, names: tuple[str, ...] = ()) -> list[str]:
+    """Where checkpoint `path` and the `current` settings of `section` ("data", "model") differ in `names` (default:
+    what decides the data or the model), each as `<setting>: <saved> in the checkpoint, <current> in the config`."""
+    key, decisive = SECTIONS[section]
     saved = peek(path).get(key) or {}
-    pairs = [(k, _plain(saved[k]), _plain(current[k])) for k in names if k in saved and k in current]
-    return [f"{section}.{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in pairs if a != b]
+    shared = [k for k in names or decisive if k in saved and k in current]
+    found = changes(section, {k: _plain(saved[k]) for k in shared}, {k: _plain(current[k]) for k in shared})
+    return [f"{k}: {a!r} in the checkpoint, {b!r} in the config" for k, a, b in found]
 
 
-def leaves(value: Any, prefix: str) -> dict[str, Any]:
-    """Plain settings as {dotted key: leaf value}, so that a change names the one setting that changed."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    return {key: leaf for k, v in value.items() for key, leaf in leaves(v, f"{prefix}.{k}").items()}
+def changes(key: str, saved: Any, current: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved, current) of each plain setting that differs: within a class that stays, its argument."""
+    if isinstance(saved, dict) and isinstance(current, dict) and saved.get("class_path") == current.get("class_path"):
+        return [change for k in saved | current for change in changes(f"{key}.{k}", saved.get(k), current.get(k))]
+    return [(key, saved, current)] if saved != current else []
 
 
 def _plain(value: Any) -> Any:
@@ -342,9 +319,9 @@ def lightning_setting_error(err: BaseException) -> ConfigError | None:
 def note_untrained(subcommand: str, ckpt_path: str | None) -> None:
     """Say that validate, test or predict without a checkpoint scores the config's freshly initialised model."""
     if not ckpt_path and subcommand in ("validate", "test", "predict"):
-        fix = f"pass --ckpt_path last, best or a file to {subcommand} a trained one"
         print(
-            f"vae-lightning: note: no --ckpt_path, so this is the untrained model (initial weights): {fix}.",
+            "vae-lightning: note: no --ckpt_path, so this is the untrained model (initial weights): pass --ckpt_path "
+            f"last, best or a file to {subcommand} a trained one.",
             file=sys.stderr,
         )
 

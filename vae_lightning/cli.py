@@ -67,8 +67,8 @@ class VAECLI(LightningCLI):
     """LightningCLI with the seed defaults, `latent_dim` linked into both networks, the run pieces, and every
     piece built once, with its errors attributed to it, before anything runs."""
 
-    def __init__(self, *args, state: dict | None = None, **kwargs) -> None:
-        self.state = state if state is not None else {}  # what `main` reports after Ctrl-C: the trainer
+    def __init__(self, *args, state: dict, **kwargs) -> None:
+        self.state = state  # what `cli` acts on after the run: the trainer (Ctrl-C), the run folder claimed
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -88,14 +88,12 @@ class VAECLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         settings = self.config[subcommand] if subcommand else self.config
-        renamed = [old for old in checks.RENAMED if settings.get(old) is not None]  # given now, not by a checkpoint
-        if renamed:
+        if renamed := [old for old in checks.RENAMED if settings.get(old) is not None]:  # given, not a checkpoint's
             raise ConfigError(f"{renamed[0]} is now {checks.RENAMED[renamed[0]]}.")
         ckpt_path = settings.get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
             check_checkpoint_file(ckpt_path, resume=subcommand == "fit", trusted=settings.get("model"))
-            changed = differences(ckpt_path, "model", settings.get("model", {}))
-            if changed:
+            if changed := differences(ckpt_path, "model", settings.get("model", {})):
                 note = f"the model is the checkpoint's, not the config's (--ckpt_path {ckpt_path})"
                 print(f"vae-lightning: note: {note}: {'; '.join(changed)}.", file=sys.stderr)
 
@@ -116,25 +114,22 @@ class VAECLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """The Trainer with the config's own callbacks and the pieces this command uses (`PIECES`, `ACTS_IN`)."""
         settings = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        trainer = settings.trainer
-        own = trainer.get("callbacks") or []
+        trainer, own = settings.trainer, settings.trainer.get("callbacks") or []
         own = own if isinstance(own, list) else [own]
-        command = self.subcommand  # None (`run=False`): every piece
-        pieces = {key: settings.get(key) for key in PIECES if command in ACTS_IN.get(key, (command,)) or not command}
-        pieces = {
-            key: piece for key, piece in pieces.items() if piece is not None and not getattr(piece, "idle", False)
-        }
+        left_out = {key for key, commands in ACTS_IN.items() if self.subcommand not in (*commands, None)}  # None: all
         if trainer.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
-            pieces = {k: v for k, v in pieces.items() if not isinstance(v, ModelCheckpoint)}
+            left_out |= {key for key in PIECES if isinstance(settings.get(key), ModelCheckpoint)}
         if trainer.get("enable_progress_bar") is False or any(isinstance(c, ProgressBar) for c in own):
-            pieces.pop("progress_bar", None)
+            left_out.add("progress_bar")
         if self.datamodule.val_size == 0:  # nothing validated: no best checkpoint waiting for a val/ score
-            pieces.pop("checkpoint", None)
+            left_out.add("checkpoint")
             kwargs["limit_val_batches"] = 0
-        if "outputs" in pieces:
-            pieces["outputs"].overwrite |= bool(settings.get("overwrite"))
+        if (outputs := settings.get("outputs")) is not None:
+            outputs.overwrite |= bool(settings.get("overwrite"))
+        pieces = [settings.get(key) for key in PIECES if key not in left_out]
+        pieces = [piece for piece in pieces if piece is not None and not getattr(piece, "idle", False)]
         with attributed("trainer"):
-            self.state["trainer"] = super().instantiate_trainer(callbacks=[*own, *pieces.values()], **kwargs)
+            self.state["trainer"] = super().instantiate_trainer(callbacks=[*own, *pieces], **kwargs)
         return self.state["trainer"]
 
     def _before_run(self) -> None:
@@ -178,10 +173,9 @@ def cli(args: ArgsType = None, run: bool = True) -> VAECLI:
                 state=state,
             )
         except Exception as err:
-            failure = distributed_failure(err) or checks.lightning_setting_error(err)
-            if failure is None:
-                raise
-            raise failure from err
+            if failure := distributed_failure(err) or checks.lightning_setting_error(err):
+                raise failure from err
+            raise
 
     with runs.releasing_claimed(state):
         return run_command("vae-lightning", build, lambda: checks.saved_on_interrupt(state.get("trainer")))

@@ -90,8 +90,7 @@ class VAELitModule(LightningModule):
         self.recon_weight, self.kl_weight, self.objective = recon_weight, kl_weight, objective
         self.train_samples, self.gradient_estimator = train_samples, gradient_estimator
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        # The checkpoint keeps the CLI's class_path dicts (rebuilt with no code run), not objects built in Python
-        # (no pickled code): pass those again to load_from_checkpoint.
+        # Checkpoints keep the CLI's class_path dicts, not objects built in Python: pass those to load_from_checkpoint.
         with warnings.catch_warnings():  # Lightning warns of nn.Module values, which are dropped just below
             warnings.simplefilter("ignore", UserWarning)
             self.save_hyperparameters()

@@ -164,9 +164,8 @@ class NLLEstimate(NamedTuple):  # per-image values (B,) of the importance-sample
 def importance_weighted_nll(
     x: Tensor, mu: Tensor, logvar: Tensor, decoder: Decoder, noise: Noise, num_samples: int, chunk_size: int
 ) -> NLLEstimate:
-    """-log p(x) (B,) and its Monte-Carlo variance from `num_samples` importance samples of q(z | x) by `noise`,
-    block by block: running float64 sums of w and w^2 scaled by the largest log w so far, so memory does not grow
-    with `num_samples`."""
+    """-log p(x) (B,) and its Monte-Carlo variance from `num_samples` importance samples of q(z | x) by `noise`, block
+    by block, in running float64 sums of w and w^2 scaled by the largest log w so far: memory does not grow with K."""
     peak = mu.new_full((len(x),), -math.inf, dtype=torch.float64)  # the largest log w so far, per image
     sums, squares = peak.new_zeros(len(x)), peak.new_zeros(len(x))  # sum w, sum w^2, each over exp(peak)
     for block, start in enumerate(range(0, num_samples, NOISE_BLOCK)):

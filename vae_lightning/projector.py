@@ -22,8 +22,7 @@ def has_projector(logger: Logger) -> bool:
 
 
 def to_projectors(loggers: list[Logger], tag: str, embedding: Embedding, step: int) -> None:
-    """Send `embedding` under `tag` to every TensorBoard logger (points, metadata digit and index, a sprite of the
-    images) and W&B logger (a table: index, digit, image, z0..z{L-1}) in `loggers`; call on rank 0."""
+    """Send `embedding` under `tag` to each TensorBoard logger (with a sprite) and W&B logger (a table); on rank 0."""
     mu, labels, index = embedding.mu.detach().float().cpu(), embedding.labels.tolist(), embedding.index.tolist()
     images = embedding.images.detach().float().cpu().clamp(0.0, 1.0)
     for logger in filter(has_projector, loggers):

@@ -8,11 +8,10 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch
 import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -23,8 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from vae_lightning.errors import ConfigError, RunStopped
 
 log = logging.getLogger(__name__)
-# `.<name>.tmp-<pid>` (atomic_path) and `.fetch-<pid>-<random>` (the MNIST fetcher's scratch folder)
 NUMBERED_LOGGERS = (".CSVLogger", ".TensorBoardLogger")  # name their runs' folders version_N in order
+# `.<name>.tmp-<pid>` (atomic_path) and `.fetch-<pid>-<random>` (the MNIST fetcher's scratch folder)
 TEMPORARY = re.compile(r"^\.(?:.+\.tmp|fetch)-(\d+)(?:-.*)?$")
 
 
@@ -49,10 +48,9 @@ def run_dir(trainer: Trainer) -> Path:
 
 
 def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
-    """For a CSV or TensorBoard logger configured without a `version`: create `<save_dir>/<name>/version_N` now, N
-    the first free number, and set `version: N`, so that runs started together never share a folder (`os.mkdir` is
-    atomic). The new folder and the outermost folder created with it, or None (other loggers, a given version, other
-    ranks: rank 0 holds the run's files)."""
+    """For a CSV or TensorBoard logger without a `version`, on rank 0 (which holds the run's files): create
+    `<save_dir>/<name>/version_N` now, N the first free number, and set `version: N`, so that runs started together
+    never share a folder (`os.mkdir` is atomic). The new folder and the outermost folder created with it, else None."""
     if isinstance(logger, list) or not logger or not str(logger.get("class_path", "")).endswith(NUMBERED_LOGGERS):
         return None
     args = logger.get("init_args") or {}
@@ -65,12 +63,10 @@ def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
     created = highest_missing(root)  # the outermost folder above the run's that this creates, if any
     root.mkdir(parents=True, exist_ok=True)
     for version in range(first, first + 1000):
-        try:
+        with suppress(FileExistsError):  # another run took it first: the next
             (root / f"version_{version}").mkdir()
-        except FileExistsError:  # another run took it first
-            continue
-        args["version"] = version
-        return root / f"version_{version}", created or root / f"version_{version}"
+            args["version"] = version
+            return root / f"version_{version}", created or root / f"version_{version}"
     raise RunStopped(f"trainer.logger: no free version_N folder in {root} after 1,000 tries: choose another name.")
 
 
@@ -78,16 +74,16 @@ def claim_run_folder(logger: Any) -> tuple[Path, Path] | None:
 def releasing_claimed(state: dict) -> Iterator[None]:
     """After the block, remove the folder `state["claimed"]` (`claim_run_folder`) if it holds nothing, or, if the
     block failed, nothing but its saved config: no empty or half-made run folder is left."""
-    failed = True
+    removable = {"config.yaml", "hparams.yaml"}  # the block failed: the folder goes if it holds only these
     try:
         yield
-        failed = False
+        removable = set()  # it ended well: the folder goes only if empty
     finally:
         folder, top = state.get("claimed") or (None, None)
-        files = [p.name for p in folder.rglob("*") if p.is_file()] if folder and folder.is_dir() else None
-        if files is not None and (not files or failed and set(files) <= {"config.yaml", "hparams.yaml"}):
+        if folder and folder.is_dir() and {p.name for p in folder.rglob("*") if p.is_file()} <= removable:
             shutil.rmtree(folder)
-            for parent in folder.parents:  # the folders created with it, while empty (another run may be there)
+            # the folders created with it, while empty (another run may be there); `top` is absolute
+            for parent in Path(os.path.abspath(folder)).parents:
                 if not parent.is_relative_to(top) or any(parent.iterdir()):
                     break
                 parent.rmdir()
@@ -184,8 +180,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: Path) -> None:
     """Remove the temporaries in `folder` whose writing process is gone (a live process's write is left alone)."""
     for path in folder.iterdir() if folder.is_dir() else []:
-        match = TEMPORARY.match(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if (match := TEMPORARY.match(path.name)) is None or _alive(int(match.group(1))):
             continue
         try:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -194,7 +189,7 @@ def remove_stale_temporaries(folder: Path) -> None:
             log.warning("could not remove the stale temporary %s (%s)", path, err)
 
 
-class CLITrainer(lightning.pytorch.Trainer):
+class CLITrainer(Trainer):
     """Lightning's Trainer with `limit_*_batches` typed int first: Lightning's `Optional[Union[int, float]]` reaches
     the parser as float first (typing caches equal unions), which would turn `--trainer.limit_train_batches 1` into
     1.0, every batch. Here 1 is one batch, 1.0 all of them, 0.25 a quarter."""
@@ -208,13 +203,7 @@ class CLITrainer(lightning.pytorch.Trainer):
         limit_predict_batches: int | float | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            **kwargs,
-        )
+        super().__init__(**{k: v for k, v in locals().items() if k.startswith("limit_")}, **kwargs)  # the four above
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -250,24 +239,20 @@ class ConfigToLoggers(SaveConfigCallback):
             logger.log_hyperparams({"config": resolved})
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.say_done(
-            trainer, getattr(stage, "value", stage)
-        )  # after a command that ended well, below Lightning's own results table
+        # after a command that ended well, below Lightning's own results table
+        self.say_done(trainer, getattr(stage, "value", stage))
 
+    @rank_zero_only
     def say_done(self, trainer: Trainer, command: str) -> None:
-        """The command's last line (rank 0): where its outputs went and the numbers that decide; after `fit`, the
-        checkpoint kept as best, by which metric, and the command that tests it."""
-        if not trainer.is_global_zero:
-            return
+        """The command's last line: where its outputs went and the numbers that decide; after `fit`, the checkpoint
+        kept as best, by which metric, and the command that tests it."""
         said = [f"{command} done; outputs in {self.run_folder}"]
         if command == "fit":
-            best = [cb for cb in trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path]
+            best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path), None)
             last = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.checkpoint_callbacks if cb.filename == "last"]
             if best:
-                said.append(
-                    f"best by {best[0].monitor} ({float(best[0].best_model_score):.5g}): {best[0].best_model_path}"
-                )
-            kept = best[0].best_model_path if best else next((str(p) for p in last if p.is_file()), None)
+                said.append(f"best by {best.monitor} ({float(best.best_model_score):.5g}): {best.best_model_path}")
+            kept = best.best_model_path if best else next((str(p) for p in last if p.is_file()), None)
             configs = " ".join(f"--config {getattr(p, 'relative', p)}" for p in self.config.get("config") or [])
             said += [f"test it: vae-lightning test {configs} --ckpt_path {kept}"] if kept else []
         else:

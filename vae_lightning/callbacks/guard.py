@@ -1,7 +1,7 @@
 """`NonFiniteGuard`: a non-finite loss stops the run (or skips its update) before the weights or a checkpoint."""
 
 import math
-from pathlib import Path
+import os
 from typing import Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -14,18 +14,15 @@ SKIP_LIMIT = 0.5  # share of an epoch's batches skipped beyond which a run is no
 
 
 class NonFiniteGuard(Callback):
-    """A non-finite training loss stops the run before the update, naming the step, the batch and the last good
-    checkpoint, or with `policy: skip` drops that batch's update (stopping once over half of an epoch's batches
-    were). A non-finite validation mean stops the run before a checkpoint keeps it.
+    """Stops a run at a non-finite training loss before the update, naming the step, batch and last good checkpoint
+    (`skip`: drops that update instead, up to half an epoch's batches), and at a non-finite validation mean.
 
     Args:
         policy: `stop` or `skip`.
     """
 
     def __init__(self, policy: Literal["stop", "skip"] = "stop") -> None:
-        self.policy = policy
-        self.skip_next_update = False
-        self.skipped = 0  # this epoch's skipped batches
+        self.policy, self.skip_next_update, self.skipped = policy, False, 0  # skipped: this epoch's skipped batches
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.skipped = 0
@@ -52,8 +49,7 @@ class NonFiniteGuard(Callback):
             optimizer.zero_grad(set_to_none=True)
             self.skip_next_update = False
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Runs before the checkpoint callbacks' own `on_validation_end` (Lightning calls those last)."""
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # before checkpoints are saved
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
         if bad and not trainer.sanity_checking:
@@ -63,7 +59,6 @@ class NonFiniteGuard(Callback):
 
 def stop(trainer: Trainer, what: str, fix: str) -> None:
     """Raise RunStopped: `what`, this run's newest checkpoint (its last.ckpt or best), and `fix`."""
-    paths = [Path(p) for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
-    paths = [p for p in paths if p.is_file()]
-    last = str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else "none written yet in this run"
+    paths = [p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path)]
+    last = max(filter(os.path.isfile, paths), key=os.path.getmtime, default="none written yet in this run")
     raise RunStopped(f"{what}. Last good checkpoint: {last}. Lower the learning rate, or {fix}.")

@@ -16,10 +16,9 @@ KEYS = ("mu", "logvar", "label", "index")
 
 
 class LatentWriter(Callback):
-    """Writes the predict split's posteriors to `<output_dir>/latents_<split>.pt` (every rank's rows, by rank 0),
-    a dict of CPU tensors in dataset order: `mu`, `logvar` (N, L), `label`, `index` (N,), with `checkpoint` and
-    `checkpoint_sha256` (None without one). The first `projector_points`, with digits and images, go to every
-    TensorBoard or W&B logger's embedding projector (`vae_lightning.projector`) as `latents/<split>`.
+    """Writes every rank's posteriors of the predict split, in dataset order, to `<output_dir>/latents_<split>.pt`:
+    CPU tensors `mu`, `logvar` (N, L), `label`, `index` (N,), and `checkpoint`, `checkpoint_sha256` (None without one);
+    the first `projector_points`, with digits and images, go to each TensorBoard or W&B projector as `latents/<split>`.
 
     Args:
         output_dir: folder for the file; default: the run's folder (`vae_lightning.runs.run_dir`).

@@ -9,16 +9,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchmetrics import SumMetric
 
-from vae_lightning import objectives
 from vae_lightning.callbacks.speed import map_one_core_each
 from vae_lightning.data import seeded_normal
 from vae_lightning.errors import attributed
+from vae_lightning.objectives import NLLEstimate, importance_weighted_nll
 
 
 class TestLikelihood(Callback):
-    """Logs `test/nll` (nats per image, mean over the test set) from `samples` importance samples per image of
-    q(z|x), and `test/nll_mc_se`, its Monte-Carlo standard error. Each image's samples are a function of `seed` and
-    its index, so the value does not depend on batch size, process count or threads.
+    """Logs `test/nll` (nats per image, mean over the test set) from `samples` importance samples per image of q(z|x)
+    and `test/nll_mc_se`, its Monte-Carlo standard error; each image's samples depend on `seed` and its index alone.
 
     Args:
         samples: importance samples per test image (k); 0: no `test/nll`.
@@ -31,14 +30,12 @@ class TestLikelihood(Callback):
     def __init__(self, samples: NonNegativeInt = 1000, chunk_size: PositiveInt = 2048, seed: int = 0) -> None:
         self.samples, self.chunk_size, self.seed = samples, chunk_size, seed
 
-    def estimate(
-        self, model: LightningModule, x: Tensor, index: Tensor, trainer: Trainer | None = None
-    ) -> objectives.NLLEstimate:
+    def estimate(self, model: LightningModule, x: Tensor, index: Tensor, trainer: Trainer | None = None) -> NLLEstimate:
         """The estimate per image (B,) of images x (B, 1, 28, 28) at positions `index` (B,) of their split; a SIGTERM
         to the `trainer` or a Ctrl-C stops it within a block of draws, whatever `samples` is."""
         mu, logvar, stop = *model.encode(x), Event()
 
-        def part_estimate(part: slice) -> objectives.NLLEstimate:
+        def part_estimate(part: slice) -> NLLEstimate:
             def noise(block: int, n: int) -> Tensor:  # block 0 is the stream of a k below one block
                 if trainer is not None and trainer.received_sigterm:
                     raise SIGTERMException  # Lightning's own stop, as between batches
@@ -47,7 +44,7 @@ class TestLikelihood(Callback):
                 stream = (1, block) if block else (1,)
                 return seeded_normal(self.seed, index[part], n, model.latent_dim, *stream)
 
-            return objectives.importance_weighted_nll(
+            return importance_weighted_nll(
                 x[part], mu[part], logvar[part], model.decoder, noise, self.samples, self.chunk_size
             )
 
@@ -55,14 +52,11 @@ class TestLikelihood(Callback):
         if parts <= 1:  # one core, one image, or none (a rank's empty share of the last batch under DDP)
             return part_estimate(slice(None))
         step = -(-len(x) // parts)
-        slices = [slice(start, start + step) for start in range(0, len(x), step)]
-        estimates = map_one_core_each(part_estimate, slices, stop)
-        return objectives.NLLEstimate(*(torch.cat(values) for values in zip(*estimates)))
+        estimates = map_one_core_each(part_estimate, [slice(i, i + step) for i in range(0, len(x), step)], stop)
+        return NLLEstimate(*map(torch.cat, zip(*estimates)))
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.sums = {
-            key: SumMetric().set_dtype(torch.float64).to(pl_module.device) for key in ("nll", "variance", "images")
-        }
+        self.sums = [SumMetric().set_dtype(torch.float64).to(pl_module.device) for _ in range(3)]  # nll, variance, n
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -70,13 +64,13 @@ class TestLikelihood(Callback):
             x, _, index = batch
             with attributed("test_likelihood", "lower test_likelihood.chunk_size (memory) or samples (time)"):
                 nll, variance = self.estimate(pl_module, x, index, trainer)
-            for key, value in (("nll", nll.sum()), ("variance", variance.sum()), ("images", len(x))):
-                self.sums[key].update(value)
+            for metric, value in zip(self.sums, (nll.sum(), variance.sum(), len(x))):
+                metric.update(value)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.samples:
             return
-        nll, variance, images = (metric.compute() for metric in self.sums.values())  # over every process
+        nll, variance, images = (metric.compute() for metric in self.sums)  # over every process
         if images > 0:
             pl_module.log("test/nll", (nll / images).float(), sync_dist=True)
             if self.samples > 1:  # one sample has no spread to estimate an error from

@@ -13,8 +13,7 @@ from vae_lightning.errors import attributed
 
 class OutputFolders(Callback):
     """Refuses, before any work (the CLI calls `check`), output folders that cannot be written or hold another run's
-    files (run folder, checkpoints, figures, `predict`'s file; a resumed fit writes beside its checkpoint), and
-    removes the folders a failed run created if it wrote nothing into them.
+    files (run folder, checkpoints, figures, `predict`'s file), and removes those a failed run created and left empty.
 
     Args:
         overwrite: let this run replace what an earlier run left where it writes (the CLI's `--overwrite`).
@@ -30,7 +29,6 @@ class OutputFolders(Callback):
             self.check(trainer, stage, trainer.ckpt_path, trainer.datamodule)
 
     def check(self, trainer: Trainer, stage: str, ckpt_path: str | None, datamodule=None) -> None:
-        """Refuse what this run would write where it cannot, or over another run's files (ConfigError)."""
         self.checked = True
         if not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes no files
             return

@@ -10,9 +10,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class Progress(TQDMProgressBar):
-    """Lightning's `TQDMProgressBar`, redrawn every `refresh_rate` steps, when standard error is a terminal. Else (a
-    log file, a scheduler's output, a pipe) no bar, whose redraws a file shows as `[A` cursor codes, but one line per
-    training epoch: its number, the step, its seconds, the bar's metrics and the epoch's validation means.
+    """Lightning's `TQDMProgressBar` when standard error is a terminal; else (a file shows a bar's redraws as cursor
+    codes) one line per training epoch: its number, the step, its seconds, the bar's metrics and validation means.
 
     Args:
         refresh_rate: steps between redraws of the bar.
@@ -23,9 +22,6 @@ class Progress(TQDMProgressBar):
         super().__init__(refresh_rate)
         self.lines = lines == "always" or lines == "auto" and not sys.stderr.isatty()
         self.started = time.perf_counter()
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
         if self.lines:
             self.disable()  # every tqdm bar stays silent
 
@@ -41,7 +37,5 @@ class Progress(TQDMProgressBar):
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         seconds = time.perf_counter() - self.started
-        epochs = (
-            f"{trainer.current_epoch + 1}/{trainer.max_epochs}" if trainer.max_epochs > 0 else trainer.current_epoch + 1
-        )
-        print(f"epoch {epochs}: step {trainer.global_step}, {seconds:.1f} s; {shown}", file=sys.stderr, flush=True)
+        epoch = f"{trainer.current_epoch + 1}" + (f"/{trainer.max_epochs}" if trainer.max_epochs > 0 else "")
+        print(f"epoch {epoch}: step {trainer.global_step}, {seconds:.1f} s; {shown}", file=sys.stderr, flush=True)

@@ -22,11 +22,10 @@ def subnormals_flushed(every_thread: bool = False) -> bool:
 
 
 class CPUSpeed(Callback):
-    """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated pixels make many, a slow path on
-    x86); training's float32 matmuls at `train_matmul_precision` (evaluation keeps torch's: reported numbers are
-    full float32); on a machine without a GPU, torch's own CUDA check for Lightning's NVML one, which probes NVML
-    again in every optimizer step. All put back at the end. torch's CPU threads copy the flushing when they
-    start, so the CLI sets it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal(True)` first.
+    """While a Trainer runs: on a CPU, subnormal floats flushed to zero (saturated pixels make many: slow on x86);
+    training's float32 matmuls at `train_matmul_precision` (evaluation keeps full float32); without a GPU, torch's CUDA
+    check for Lightning's NVML one, which probes NVML in every optimizer step. All put back at the end. New CPU threads
+    copy the flushing: the CLI sets it first (`flush_at_start_up`); in Python, call `torch.set_flush_denormal` first.
 
     Args:
         flush_subnormals: flush subnormal floats to zero (`torch.set_flush_denormal`).
@@ -91,10 +90,9 @@ class NoProfiler(PassThroughProfiler):
 def map_one_core_each(
     function: Callable[[_Item], _Result], items: Sequence[_Item], stop: Event | None = None
 ) -> list[_Result]:
-    """[function(item) for item in items], each on a thread of its own with one intra-op thread, so each core runs
-    whole chunks alone instead of syncing on every small product. Workers take the caller's grad mode, inference
-    mode and subnormal flushing (per thread in torch); the caller's thread count (process-wide) is set again. An
-    exception in the caller (Ctrl-C) sets `stop`, which the function checks to end its work early."""
+    """[function(item) for item in items], each on its own thread with one intra-op thread: each core runs whole chunks
+    alone, not syncing on every small product. Workers take the caller's grad and inference modes and subnormal
+    flushing; the thread count is set back. An exception in the caller (Ctrl-C) sets `stop`, for `function` to check."""
     threads = torch.get_num_threads()
     grad, inference, flushed = torch.is_grad_enabled(), torch.is_inference_mode_enabled(), subnormals_flushed()
 
@@ -106,13 +104,13 @@ def map_one_core_each(
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return function(item)
 
+    pool = ThreadPoolExecutor(len(items), initializer=start_worker)
     try:
-        with ThreadPoolExecutor(len(items), initializer=start_worker) as pool:
-            try:
-                return list(pool.map(run, items))
-            except BaseException:
-                if stop is not None:  # before the pool waits for its workers
-                    stop.set()
-                raise
+        return list(pool.map(run, items))
+    except BaseException:
+        if stop is not None:  # before the pool waits for its workers
+            stop.set()
+        raise
     finally:
+        pool.shutdown()
         torch.set_num_threads(threads)

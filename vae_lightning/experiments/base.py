@@ -23,7 +23,7 @@ AtLeastTwo = restricted_number_type("AtLeastTwo", int, (">=", 2))
 
 @dataclass
 class ExperimentData:
-    """The test split as the model sees it, and where its MNIST files are (for the digit classifier)."""
+    """A split (the experiments': test) as the model sees it, and where its MNIST files are (for the classifier)."""
 
     images: Tensor  # (N, 1, 28, 28) float pixels in [0, 1], CPU
     labels: Tensor  # (N,)
@@ -31,8 +31,8 @@ class ExperimentData:
     posterior: tuple[Tensor, Tensor] | None = None  # (mu, logvar), each (N, L), once encoded
 
     @classmethod
-    def from_datamodule(cls, datamodule) -> "ExperimentData":
-        images, labels = datamodule.splits["test"]
+    def from_datamodule(cls, datamodule, split: str = "test") -> "ExperimentData":
+        images, labels = datamodule.splits[split]
         return cls(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
 
     def judge(self, pixels: Tensor) -> Judgement:

@@ -45,10 +45,9 @@ class Judgement:
 
 @torch.no_grad()
 def judge(classifier: DigitClassifier, pixels: Tensor) -> Judgement:
-    """Classify pixel probabilities (N, 1, 28, 28) in eval mode."""
+    """Classify pixel probabilities (N, 1, 28, 28) on the CPU, in eval mode."""
     classifier.eval()
-    device = next(classifier.parameters()).device
-    probs = torch.cat([classifier(chunk.to(device).float()).softmax(-1).cpu() for chunk in pixels.split(4096)])
+    probs = torch.cat([classifier(chunk.float()).softmax(-1) for chunk in pixels.split(4096)])
     top, digit = probs.max(-1)
     return Judgement(probs, digit, (digit != NO_DIGIT) & (top >= CLEAR_THRESHOLD))
 

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str, device: str, data_dir: str | None, **data) -> tuple[VAELitModule, dict, MNISTDataModule]:
-    """The model of a checkpoint on `device` (no code runs on load), the checkpoint, and the data module it saw, set
-    up: the checkpoint's data settings, with `data_dir` (unless None) and `data` in place of theirs."""
+    """A checkpoint's model on `device`, the checkpoint, and its data module set up, data_dir and data overriding."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
@@ -67,7 +66,7 @@ def run_experiments(
         overwrite: replace an earlier measures.json and figures in output_dir.
         settings: configured experiments by name (others: each with its defaults).
     """
-    if experiments is not None and not experiments:  # as `experiments.names: []` in a fit: none
+    if experiments == []:  # as `experiments.names: []` in a fit: none
         raise ConfigError(
             "--experiments []: names no experiment, so there is nothing to run; name some, or leave the flag out "
             "for every one."

@@ -26,7 +26,7 @@ def reconstruct(model, images: Tensor) -> Tensor:
 
 def plane_of(mu: Tensor) -> tuple[Tensor, Tensor, str]:
     """A 2-D view of latents (N, L): origin (L,), axes (2, L) and a description; the latent axes for 1 or 2
-    latents, else the first two principal components."""
+    latents, else the first two principal components. A latent's coordinates: (mu - origin) @ axes.T."""
     if mu.shape[1] == 2:
         return torch.zeros(2), torch.eye(2), "latent dimensions 0 and 1"
     if mu.shape[1] == 1:
@@ -35,11 +35,6 @@ def plane_of(mu: Tensor) -> tuple[Tensor, Tensor, str]:
     _, s, v = torch.linalg.svd(mu - centre, full_matrices=False)
     explained = (s[:2].square().sum() / s.square().sum()).item()
     return centre, v[:2], f"PCA of {mu.shape[1]} latents ({explained:.0%} of the variance)"
-
-
-def project(mu: Tensor, origin: Tensor, axes: Tensor) -> Tensor:
-    """Coordinates (N, 2) of latents in the plane (origin, axes)."""
-    return (mu - origin) @ axes.T
 
 
 def box_cells(points: Tensor, grid: int, low: float = 0.01, high: float = 0.99) -> tuple[Tensor, Tensor, Tensor]:

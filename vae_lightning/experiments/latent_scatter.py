@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 
-import matplotlib
 import torch
 from jsonargparse.typing import PositiveInt
 from matplotlib.patches import Rectangle
@@ -41,7 +40,7 @@ class LatentScatter(Experiment):
     def run(self, model, data: ExperimentData) -> Outcome:
         mu, labels, grid = data.posterior_of(model)[0][: self.max_points], data.labels[: self.max_points], self.grid
         origin, axes, how = compute.plane_of(mu)
-        points = compute.project(mu, origin, axes)  # (N, 2)
+        points = (mu - origin) @ axes.T  # (N, 2) in the plane
         centres, counts, box = compute.box_cells(points, grid)  # cell i along x, j along y
         decodings = compute.decode_latents(model, origin + centres.flatten(0, 1) @ axes)  # (G * G, 1, 28, 28)
         clear, empty = data.judge(decodings).clear.view(grid, grid), counts == 0
@@ -56,9 +55,9 @@ class LatentScatter(Experiment):
         embedding = Embedding(mu, labels, torch.arange(len(mu)), data.images[: len(mu)]) if self.projector else None
         figure = figures.new_figure(12.0, 5.6)
         left, right = figure.subplots(1, 2, width_ratios=[1.15, 1])
-        for digit in range(10):  # left: the points by digit, their box dashed
-            chosen, colour = labels == digit, matplotlib.colormaps["tab10"](digit)
-            left.scatter(*points[chosen].T, s=2, alpha=0.5, color=colour, label=str(digit), rasterized=True)
+        for digit in range(10):  # left: the points by digit in tab10 (matplotlib's colour cycle), their box dashed
+            chosen = points[labels == digit]
+            left.scatter(*chosen.T, s=2, alpha=0.5, color=f"C{digit}", label=str(digit), rasterized=True)
         (x0, y0), (x1, y1) = box.tolist()
         left.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", linewidth=0.8))
         left.legend(

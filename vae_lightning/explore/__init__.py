@@ -2,7 +2,6 @@
 Bokeh page (the `explore` extra): latent map, traversal, interpolation, prior samples, each judged by a classifier."""
 
 import ipaddress
-import os
 import socket
 from typing import Literal
 
@@ -51,8 +50,7 @@ def explore(
         sockets, _ = bind_sockets(host, int(port))  # a plain int: getaddrinfo refuses subclasses
     try:
         model, _, datamodule = load_checkpoint(ckpt_path, device, data_dir, download=download, predict_split=split)
-        images, labels = datamodule.splits[split]
-        data = ExperimentData(images.float().div(255).unsqueeze(1).cpu(), labels.cpu(), os.fspath(datamodule.data_dir))
+        data = ExperimentData.from_datamodule(datamodule, split)
         names = own_names() if host in ("0.0.0.0", "::") else [host]  # the addresses a page of ours comes from
         origins = [f"{h}:{port}" for h in (*names, "localhost", "127.0.0.1")]
         server = serve(sockets, origins, model=model, data=data, split=split, max_sliders=max_sliders)
@@ -88,8 +86,7 @@ def loopback(host: str) -> bool:
 
 
 def own_names() -> list[str]:
-    """The origins of a page opened on this machine from the network: its addresses (other than loopback) first,
-    then its names."""
+    """Where a page of this machine opened from the network comes from: its addresses but loopback, then its names."""
     name = socket.gethostname()
     try:
         addresses = [a for a in socket.gethostbyname_ex(name)[2] if not loopback(a)]

@@ -61,7 +61,7 @@ def build(doc, model, data: ExperimentData, split: str, max_sliders: int) -> Non
 
     # ---- latent map: pointing at or tapping any point decodes it
     rows = data.labels.argsort(stable=True)  # by digit: the legend lists them 0-9 (its order is the rows')
-    x, y = compute.project(mu, origin, axes)[rows].T.tolist()
+    x, y = ((mu - origin) @ axes.T)[rows].T.tolist()
     digits = [str(d) for d in data.labels[rows].tolist()]
     points = ColumnDataSource({"x": x, "y": y, "digit": digits, "index": rows.tolist()}, name="map_points")
     latent_map = figure(width=580, height=480, tools="tap,pan,wheel_zoom,reset", name="map", output_backend="webgl")
@@ -118,7 +118,7 @@ def build(doc, model, data: ExperimentData, split: str, max_sliders: int) -> Non
     points.selected.on_change("indices", point_selected)
 
     # ---- interpolation between two images (the seed's pair, a 4 and a 9, where the split has them)
-    ends = [int(found[0]) if len(found := (data.labels == digit).nonzero()) else 0 for digit in (4, 9)]
+    ends = [data.first_of_each_digit().get(digit, 0) for digit in (4, 9)]
     first = Spinner(title="from image", low=0, high=n - 1, step=1, value=ends[0], width=120, name="interp_from")
     second = Spinner(title="to image", low=0, high=n - 1, step=1, value=ends[1], width=120, name="interp_to")
     t = Slider(title="t", start=0.0, end=1.0, step=0.01, value=0.5, width=300, name="interp_t")

@@ -109,9 +109,8 @@ def check_networks(encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> N
         with attributed(f"{enc} fails on MNIST images of shape {image}", "make it take (batch, 1, 28, 28) images"):
             out = encoder(torch.rand(image))
         if (got := _shapes(out)) != f"[{latent}, {latent}]":
-            raise ConfigError(
-                f"{enc} must return (mu, logvar), each (batch, latent_dim) = {latent}; it returned {got}: {link}."
-            )
+            want = f"(mu, logvar), each (batch, latent_dim) = {latent}"
+            raise ConfigError(f"{enc} must return {want}; it returned {got}: {link}.")
         with attributed(f"{dec} fails on latents of shape {latent}", link):
             logits = decoder(torch.randn(latent))
         if (got := _shapes(logits)) != str(image):
